@@ -1,1 +1,272 @@
+//! Write [Tollgate](https://example.invalid/tollgate) gateway plugins in Rust.
+//!
+//! A plugin is a `cdylib` crate built for `wasm32-wasip1`. It implements [`Plugin`] (only the
+//! phases it needs), declares those phases in [`Plugin::PHASES`], and exports itself with
+//! [`export_plugin!`]. The gateway loads the `.wasm` file at run time.
+//!
+//! ```
+//! use tollgate_sdk::{client_tls, request, Phase, PhaseResult, Plugin};
+//!
+//! /// Asks every client for a certificate and forwards how many it sent.
+//! struct CountCerts {
+//!     header: String,
+//! }
+//!
+//! impl Plugin for CountCerts {
+//!     const PHASES: &'static [Phase] = &[Phase::Certificate, Phase::Access];
+//!
+//!     fn configure(config: &str) -> Result<Self, String> {
+//!         // Real plugins parse `config` (JSON) with serde_json.
+//!         let header = if config.contains("x-certs") { "x-certs" } else { "x-client-certs" };
+//!         Ok(CountCerts { header: header.to_string() })
+//!     }
+//!
+//!     fn certificate(&self) -> PhaseResult {
+//!         client_tls::request_client_certificate(None)?;
+//!         Ok(())
+//!     }
+//!
+//!     fn access(&self) -> PhaseResult {
+//!         let count = client_tls::get_full_client_certificate_chain()?
+//!             .map_or(0, |pem| pem.matches("-----BEGIN CERTIFICATE-----").count());
+//!         request::set_header(&self.header, &count.to_string())?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! tollgate_sdk::export_plugin!(CountCerts);
+//!
+//! // Compiled natively (as in `cargo test`), the SDK talks to an in-process mock instead of the
+//! // gateway, so plugin logic can be unit-tested without wasm:
+//! use tollgate_sdk::mock::{self, MockHost, MockTls};
+//!
+//! mock::install(MockHost {
+//!     phase: Phase::Access,
+//!     tls: Some(MockTls::with_chain("-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n")),
+//!     ..MockHost::default()
+//! });
+//! let plugin = CountCerts::configure("{}").unwrap();
+//! plugin.access().unwrap();
+//! assert_eq!(mock::with(|host| host.request_header("x-client-certs")), Some("1".to_string()));
+//!
+//! // The phase table applies to the mock too:
+//! mock::with(|host| host.phase = Phase::Log);
+//! assert_eq!(
+//!     client_tls::request_client_certificate(None).unwrap_err().to_string(),
+//!     "function cannot be called in log phase (only in: certificate)"
+//! );
+//! ```
+//!
+//! Every function returns a typed [`Error`] instead of trapping; the SDK itself never panics on
+//! a host error. A phase method's error fails that phase for this request (the gateway answers
+//! 500 unless the plugin is configured `fail_open`).
 
+mod api;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod mock;
+
+pub use api::{balancer, client_tls, connection, context, log, request, response};
+pub use tollgate_phases::Phase;
+
+use std::fmt;
+
+/// Why the gateway refused a host call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The function is not allowed in the current phase; the message is the gateway's.
+    WrongPhase(String),
+    /// An argument was rejected.
+    InvalidArgument(String),
+    /// The function needs TLS and the connection is plaintext.
+    NotTls,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::WrongPhase(message) | Error::InvalidArgument(message) => f.write_str(message),
+            Error::NotTls => f.write_str("connection is not TLS"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A phase method's failure: any error converts into it with `?`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhaseError {
+    message: String,
+}
+
+impl PhaseError {
+    /// A failure with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        PhaseError {
+            message: message.into(),
+        }
+    }
+
+    /// The message the gateway logs.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl<E: fmt::Display> From<E> for PhaseError {
+    fn from(err: E) -> Self {
+        PhaseError::new(err.to_string())
+    }
+}
+
+/// What a phase method returns.
+pub type PhaseResult = Result<(), PhaseError>;
+
+/// A Tollgate plugin. Implement only the phases you need; the others default to doing nothing.
+///
+/// The gateway makes a fresh instance per request (and per connection for `certificate`) and
+/// calls [`Plugin::configure`] in it first, so `configure` should be quick and deterministic.
+pub trait Plugin: Sized + 'static {
+    /// The phases this plugin handles. The gateway never runs (or instantiates) the plugin for
+    /// any other, so a phase method not listed here is never called.
+    const PHASES: &'static [Phase];
+
+    /// Builds the plugin from its configuration (JSON). An `Err` rejects the configuration at
+    /// load time with that message.
+    fn configure(config: &str) -> Result<Self, String>;
+
+    /// After the ClientHello, before the server answers: request a client certificate, turn off
+    /// session reuse. Runs once per connection.
+    fn certificate(&self) -> PhaseResult {
+        Ok(())
+    }
+
+    /// Request head received, before routing decisions are final.
+    fn rewrite(&self) -> PhaseResult {
+        Ok(())
+    }
+
+    /// After routing: authenticate, authorise, or answer the request with [`response::exit`].
+    fn access(&self) -> PhaseResult {
+        Ok(())
+    }
+
+    /// Choosing the upstream target; runs again for each retry.
+    fn balancer(&self) -> PhaseResult {
+        Ok(())
+    }
+
+    /// Upstream response head received, before it is sent to the client.
+    fn header_filter(&self) -> PhaseResult {
+        Ok(())
+    }
+
+    /// One chunk of the response body; replace it with [`response::set_body_chunk`].
+    fn body_filter(&self, chunk: &[u8], end_of_stream: bool) -> PhaseResult {
+        let _ = (chunk, end_of_stream);
+        Ok(())
+    }
+
+    /// After the response is sent.
+    fn log(&self) -> PhaseResult {
+        Ok(())
+    }
+}
+
+/// Exports a [`Plugin`] implementation as the component's `tollgate:plugin/handler`.
+///
+/// Use it once per plugin crate: `tollgate_sdk::export_plugin!(MyPlugin);`
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        #[allow(unsafe_code)]
+        const _: () = {
+            struct TollgateExport;
+
+            impl $crate::__private::Guest for TollgateExport {
+                fn configure(config: String) -> Result<(), String> {
+                    $crate::__private::configure::<$plugin>(&config)
+                }
+                fn phases() -> Vec<$crate::__private::WitPhase> {
+                    $crate::__private::phases::<$plugin>()
+                }
+                fn on_certificate() -> Result<(), String> {
+                    $crate::__private::run::<$plugin>(|p| $crate::Plugin::certificate(p))
+                }
+                fn on_rewrite() -> Result<(), String> {
+                    $crate::__private::run::<$plugin>(|p| $crate::Plugin::rewrite(p))
+                }
+                fn on_access() -> Result<(), String> {
+                    $crate::__private::run::<$plugin>(|p| $crate::Plugin::access(p))
+                }
+                fn on_balancer() -> Result<(), String> {
+                    $crate::__private::run::<$plugin>(|p| $crate::Plugin::balancer(p))
+                }
+                fn on_header_filter() -> Result<(), String> {
+                    $crate::__private::run::<$plugin>(|p| $crate::Plugin::header_filter(p))
+                }
+                fn on_body_filter(chunk: Vec<u8>, end_of_stream: bool) -> Result<(), String> {
+                    $crate::__private::run::<$plugin>(|p| {
+                        $crate::Plugin::body_filter(p, &chunk, end_of_stream)
+                    })
+                }
+                fn on_log() -> Result<(), String> {
+                    $crate::__private::run::<$plugin>(|p| $crate::Plugin::log(p))
+                }
+            }
+
+            $crate::__private::export!(TollgateExport with_types_in $crate::__private::bindings);
+        };
+    };
+}
+
+/// Support for [`export_plugin!`]; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    use std::any::Any;
+    use std::cell::RefCell;
+
+    pub use crate::api::bindings;
+    pub use crate::api::bindings::exports::tollgate::plugin::handler::Guest;
+    pub use crate::api::bindings::export;
+    pub use crate::api::bindings::tollgate::plugin::types::Phase as WitPhase;
+    use crate::{Phase, Plugin};
+
+    thread_local! {
+        /// The configured plugin of this instance (one plugin per module).
+        static PLUGIN: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    }
+
+    pub fn configure<P: Plugin>(config: &str) -> Result<(), String> {
+        let plugin = P::configure(config)?;
+        PLUGIN.with(|slot| *slot.borrow_mut() = Some(Box::new(plugin)));
+        Ok(())
+    }
+
+    pub fn phases<P: Plugin>() -> Vec<WitPhase> {
+        P::PHASES.iter().map(|phase| wit_phase(*phase)).collect()
+    }
+
+    pub fn run<P: Plugin>(handler: impl FnOnce(&P) -> crate::PhaseResult) -> Result<(), String> {
+        PLUGIN.with(|slot| {
+            let slot = slot.borrow();
+            let plugin = slot
+                .as_ref()
+                .and_then(|plugin| plugin.downcast_ref::<P>())
+                .ok_or_else(|| "plugin called before configure".to_string())?;
+            handler(plugin).map_err(|err| err.message().to_string())
+        })
+    }
+
+    fn wit_phase(phase: Phase) -> WitPhase {
+        match phase {
+            Phase::Certificate => WitPhase::Certificate,
+            Phase::Rewrite => WitPhase::Rewrite,
+            Phase::Access => WitPhase::Access,
+            Phase::Balancer => WitPhase::Balancer,
+            Phase::HeaderFilter => WitPhase::HeaderFilter,
+            Phase::BodyFilter => WitPhase::BodyFilter,
+            Phase::Log => WitPhase::Log,
+        }
+    }
+}

@@ -1,5 +1,5 @@
-//! The phases a Tollgate plugin runs in, and the one table that says which host function may be
-//! called in which phase.
+//! The phases a Tollgate plugin runs in, the one table that says which host function may be
+//! called in which phase, and the contract's other argument rule (`set_client_verify` values).
 //!
 //! Both sides use this crate: the gateway enforces the table on every host call, and the guest
 //! SDK's native mock enforces the same table so that a plugin's unit tests see the same errors as
@@ -392,6 +392,32 @@ impl fmt::Display for WrongPhase {
 
 impl std::error::Error for WrongPhase {}
 
+/// The values `set_client_verify` accepts: exactly `SUCCESS`, exactly `NONE`, or any string that
+/// starts with `FAILED:` (the reason may be empty). Case-sensitive, no trimming.
+pub fn check_client_verify_value(value: &str) -> Result<(), InvalidClientVerify> {
+    if value == "SUCCESS" || value == "NONE" || value.starts_with("FAILED:") {
+        Ok(())
+    } else {
+        Err(InvalidClientVerify(value.to_string()))
+    }
+}
+
+/// A value `set_client_verify` rejects. Its `Display` is the contract's exact message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidClientVerify(pub String);
+
+impl fmt::Display for InvalidClientVerify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown client verify value: {} accepted values are: \"SUCCESS\", \"NONE\" or \"FAILED:<reason>\"",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for InvalidClientVerify {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,6 +464,22 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), HostFunction::ALL.len());
         assert!(HostFunction::ALL.iter().all(|f| !f.allowed_phases().is_empty()));
+    }
+
+    #[test]
+    fn client_verify_values_follow_the_contract() {
+        for ok in ["SUCCESS", "NONE", "FAILED:", "FAILED:unknown CA"] {
+            assert_eq!(check_client_verify_value(ok), Ok(()), "{ok:?}");
+        }
+        for bad in ["success", "FAILED", " SUCCESS", "NONE ", ""] {
+            let err = check_client_verify_value(bad).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "unknown client verify value: {bad} accepted values are: \"SUCCESS\", \"NONE\" or \"FAILED:<reason>\""
+                )
+            );
+        }
     }
 
     #[test]

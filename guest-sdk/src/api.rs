@@ -1,0 +1,244 @@
+//! The host API as idiomatic Rust: thin wrappers over the generated bindings (in wasm) or the
+//! mock (native builds), converting host errors into [`Error`](crate::Error).
+
+#[allow(unsafe_code, missing_docs, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "plugin",
+        pub_export_macro: true,
+        default_bindings_module: "tollgate_sdk::__private::bindings",
+    });
+}
+
+#[cfg(target_arch = "wasm32")]
+use bindings::tollgate::plugin as host;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::mock::host;
+
+use crate::Error;
+use bindings::tollgate::plugin::types::Error as HostError;
+
+pub(crate) type HostResult<T> = Result<T, HostError>;
+
+fn lift<T>(result: HostResult<T>) -> Result<T, Error> {
+    result.map_err(|err| match err {
+        HostError::WrongPhase(message) => Error::WrongPhase(message),
+        HostError::InvalidArgument(message) => Error::InvalidArgument(message),
+        HostError::NotTls => Error::NotTls,
+    })
+}
+
+/// Kong's `kong.client.tls`: the client's side of the TLS connection.
+pub mod client_tls {
+    use super::{Error, host, lift};
+
+    /// Requests (does not require) a client certificate in this handshake. `ca_certs` (PEM CA
+    /// certificates) become the CertificateRequest's acceptable CA names, in order, and this
+    /// connection's trust anchors. Phase: certificate.
+    pub fn request_client_certificate(ca_certs: Option<&str>) -> Result<(), Error> {
+        lift(host::client_tls::request_client_certificate(ca_certs))
+    }
+
+    /// Keeps this handshake's session out of the cache and ticket-less, so the next connection
+    /// does a full handshake. Phase: certificate.
+    pub fn disable_session_reuse() -> Result<(), Error> {
+        lift(host::client_tls::disable_session_reuse())
+    }
+
+    /// The client's chain as PEM, leaf first, exactly as sent; `None` if no certificate was
+    /// requested or sent. Phases: rewrite, access, balancer, header_filter, body_filter, log.
+    pub fn get_full_client_certificate_chain() -> Result<Option<String>, Error> {
+        lift(host::client_tls::get_full_client_certificate_chain())
+    }
+
+    /// Overrides `client_verify` in this request's log entry: `SUCCESS`, `NONE` or
+    /// `FAILED:<reason>`. Phases: rewrite, access, balancer.
+    pub fn set_client_verify(value: &str) -> Result<(), Error> {
+        lift(host::client_tls::set_client_verify(value))
+    }
+}
+
+/// Facts about the client's connection.
+pub mod connection {
+    use super::{Error, host, lift};
+
+    /// The server name the client asked for. All phases.
+    pub fn sni() -> Result<Option<String>, Error> {
+        lift(host::connection::sni())
+    }
+
+    /// Whether the connection is TLS. All phases.
+    pub fn is_tls() -> Result<bool, Error> {
+        lift(host::connection::is_tls())
+    }
+
+    /// The client's `ip:port`. All phases.
+    pub fn client_address() -> Result<String, Error> {
+        lift(host::connection::client_address())
+    }
+
+    /// `TLSv1.2` or `TLSv1.3`. Request phases.
+    pub fn tls_version() -> Result<String, Error> {
+        lift(host::connection::tls_version())
+    }
+
+    /// The cipher suite, OpenSSL's name. Request phases.
+    pub fn cipher() -> Result<String, Error> {
+        lift(host::connection::cipher())
+    }
+
+    /// The handshake's verify result (`NONE`, `SUCCESS`, `FAILED:<reason>`), like nginx's
+    /// `$ssl_client_verify`. Request phases.
+    pub fn client_verify() -> Result<String, Error> {
+        lift(host::connection::client_verify())
+    }
+}
+
+/// The client's request.
+pub mod request {
+    use super::{Error, host, lift};
+
+    /// The method. Request phases.
+    pub fn method() -> Result<String, Error> {
+        lift(host::request::method())
+    }
+
+    /// The path, without the query. Request phases.
+    pub fn path() -> Result<String, Error> {
+        lift(host::request::path())
+    }
+
+    /// The raw query string. Request phases.
+    pub fn query() -> Result<Option<String>, Error> {
+        lift(host::request::query())
+    }
+
+    /// A header's value (repeated values joined by `, `). Request phases.
+    pub fn header(name: &str) -> Result<Option<String>, Error> {
+        lift(host::request::header(name))
+    }
+
+    /// All headers, names lower case. Request phases.
+    pub fn headers() -> Result<Vec<(String, String)>, Error> {
+        lift(host::request::headers())
+    }
+
+    /// Sets a header on the request sent upstream. Phases: rewrite, access.
+    pub fn set_header(name: &str, value: &str) -> Result<(), Error> {
+        lift(host::request::set_header(name, value))
+    }
+
+    /// Removes a header from the request sent upstream. Phases: rewrite, access.
+    pub fn remove_header(name: &str) -> Result<(), Error> {
+        lift(host::request::remove_header(name))
+    }
+}
+
+/// The response to the client.
+pub mod response {
+    use super::{Error, host, lift};
+
+    /// Answers the request instead of the upstream. Phases: rewrite, access.
+    pub fn exit(status: u16, headers: &[(String, String)], body: &[u8]) -> Result<(), Error> {
+        lift(host::response::exit(status, headers, body))
+    }
+
+    /// The status. Phases: header_filter, body_filter, log.
+    pub fn status() -> Result<u16, Error> {
+        lift(host::response::status())
+    }
+
+    /// A header's value. Phases: header_filter, body_filter, log.
+    pub fn header(name: &str) -> Result<Option<String>, Error> {
+        lift(host::response::header(name))
+    }
+
+    /// All headers. Phases: header_filter, body_filter, log.
+    pub fn headers() -> Result<Vec<(String, String)>, Error> {
+        lift(host::response::headers())
+    }
+
+    /// Sets a response header. Phase: header_filter.
+    pub fn set_header(name: &str, value: &str) -> Result<(), Error> {
+        lift(host::response::set_header(name, value))
+    }
+
+    /// Removes a response header. Phase: header_filter.
+    pub fn remove_header(name: &str) -> Result<(), Error> {
+        lift(host::response::remove_header(name))
+    }
+
+    /// Replaces the body chunk being filtered. Phase: body_filter.
+    pub fn set_body_chunk(chunk: &[u8]) -> Result<(), Error> {
+        lift(host::response::set_body_chunk(chunk))
+    }
+}
+
+/// The choice of upstream target.
+pub mod balancer {
+    use super::{Error, host, lift};
+
+    /// The service's targets, `host:port`. Phase: balancer.
+    pub fn targets() -> Result<Vec<String>, Error> {
+        lift(host::balancer::targets())
+    }
+
+    /// Sends this attempt to `target` (`host:port`). Phase: balancer.
+    pub fn set_target(target: &str) -> Result<(), Error> {
+        lift(host::balancer::set_target(target))
+    }
+
+    /// 1 for the first try, 2 for the first retry, ... Phase: balancer.
+    pub fn attempt() -> Result<u32, Error> {
+        lift(host::balancer::attempt())
+    }
+}
+
+/// Values shared between phases and plugins. Set in `certificate`, they seed every request on the
+/// connection.
+pub mod context {
+    use super::{Error, host, lift};
+
+    /// The value under `key`. All phases.
+    pub fn get(key: &str) -> Result<Option<String>, Error> {
+        lift(host::context::get(key))
+    }
+
+    /// Stores `value` under `key`. All phases.
+    pub fn set(key: &str, value: &str) -> Result<(), Error> {
+        lift(host::context::set(key, value))
+    }
+}
+
+/// The gateway's log, tagged with the plugin and phase. Logging never fails a plugin: errors are
+/// dropped.
+pub mod log {
+    use super::host;
+    pub use super::bindings::tollgate::plugin::types::LogLevel as Level;
+
+    /// Writes `message` at `level`.
+    pub fn log(level: Level, message: &str) {
+        let _ = host::log::log(level, message);
+    }
+
+    /// Writes at debug level.
+    pub fn debug(message: &str) {
+        log(Level::Debug, message);
+    }
+
+    /// Writes at info level.
+    pub fn info(message: &str) {
+        log(Level::Info, message);
+    }
+
+    /// Writes at warn level.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message);
+    }
+
+    /// Writes at error level.
+    pub fn error(message: &str) {
+        log(Level::Error, message);
+    }
+}

@@ -1,0 +1,321 @@
+//! Runs plugin phases over one connection and its requests. The gateway and the offline harness
+//! both drive this code, so a plugin behaves the same in `tollgate test` as in production.
+//!
+//! Plugins run in chain order. A plugin is instantiated at the first phase it handles and the
+//! instance lives for the whole request; a failed call drops it, so a later phase gets a fresh
+//! one. A failure of a fail-closed plugin stops the phase and is returned; a fail-open plugin's
+//! failure is recorded and skipped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tollgate_phases::Phase;
+
+use crate::exchange::{
+    Context, EarlyResponse, ExchangeState, HandshakeState, ResponseHead,
+};
+use crate::runtime::{HostCall, PhaseCall, Plugin, PluginError, PluginInstance, Scope};
+use crate::tls::{ClientVerify, TlsPolicy};
+
+/// One plugin's phase call, as the harness reports it.
+#[derive(Debug, Clone)]
+pub struct TraceEntry {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The phase.
+    pub phase: Phase,
+    /// Its host calls, in order.
+    pub calls: Vec<HostCall>,
+    /// Its failure, if it failed.
+    pub error: Option<PluginError>,
+}
+
+/// Whether to record host calls (the harness does; the gateway does not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recording {
+    /// Record nothing.
+    #[default]
+    Off,
+    /// Record every host call of every plugin.
+    On,
+}
+
+/// What the certificate phase decided for a connection.
+#[derive(Debug, Clone, Default)]
+pub struct CertificateOutcome {
+    /// Client certificate request, CA names, session reuse.
+    pub policy: TlsPolicy,
+    /// The connection's context, seeding each request's.
+    pub context: Context,
+    /// Failures of fail-open plugins, which were skipped.
+    pub skipped_failures: Vec<PluginError>,
+    /// Per-plugin host calls, when recorded.
+    pub trace: Vec<TraceEntry>,
+}
+
+/// Runs the certificate phase of the plugins that handle it. An error from a fail-closed plugin
+/// aborts the handshake.
+pub async fn run_certificate_phase(
+    plugins: &[Arc<Plugin>],
+    client_addr: SocketAddr,
+    sni: Option<String>,
+    recording: Recording,
+) -> Result<CertificateOutcome, (PluginError, Vec<TraceEntry>)> {
+    let mut state = Box::new(HandshakeState {
+        client_addr,
+        sni,
+        policy: TlsPolicy::default(),
+        context: Context::new(),
+    });
+    let mut outcome = CertificateOutcome::default();
+    let record = recording == Recording::On;
+    for plugin in plugins.iter().filter(|p| p.handles(Phase::Certificate)) {
+        let result = match plugin.instantiate(record).await {
+            Ok(mut instance) => {
+                let (scope, result) = instance
+                    .call(PhaseCall::Plain(Phase::Certificate), Scope::Handshake(state))
+                    .await;
+                state = match scope {
+                    Scope::Handshake(state) => state,
+                    _ => unreachable!("the certificate phase lends a handshake scope"),
+                };
+                if record {
+                    outcome
+                        .trace
+                        .push(trace(plugin, Phase::Certificate, instance.take_calls(), &result));
+                }
+                result
+            }
+            Err(err) => {
+                let result = Err(err);
+                if record {
+                    outcome
+                        .trace
+                        .push(trace(plugin, Phase::Certificate, Vec::new(), &result));
+                }
+                result
+            }
+        };
+        if let Err(err) = result {
+            if !plugin.fail_open() {
+                return Err((err, outcome.trace));
+            }
+            tracing::warn!(%err, "fail-open plugin skipped");
+            outcome.skipped_failures.push(err);
+        }
+    }
+    outcome.policy = state.policy;
+    outcome.context = state.context;
+    Ok(outcome)
+}
+
+fn trace(
+    plugin: &Plugin,
+    phase: Phase,
+    calls: Vec<HostCall>,
+    result: &Result<(), PluginError>,
+) -> TraceEntry {
+    TraceEntry {
+        plugin: plugin.name().to_string(),
+        phase,
+        calls,
+        error: result.as_ref().err().cloned(),
+    }
+}
+
+/// One request's run through the plugin phases.
+#[derive(Debug)]
+pub struct Exchange {
+    plugins: Arc<[Arc<Plugin>]>,
+    instances: Vec<Option<PluginInstance>>,
+    /// Always `Some` except while lent to a plugin call.
+    state: Option<Box<ExchangeState>>,
+    recording: Recording,
+    trace: Vec<TraceEntry>,
+    failures: Vec<PluginError>,
+}
+
+impl Exchange {
+    /// Starts a request through `plugins` (already ordered and scoped for its route).
+    pub fn new(plugins: Arc<[Arc<Plugin>]>, state: ExchangeState, recording: Recording) -> Self {
+        let instances = plugins.iter().map(|_| None).collect();
+        Exchange {
+            plugins,
+            instances,
+            state: Some(Box::new(state)),
+            recording,
+            trace: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    /// The request's state.
+    pub fn state(&self) -> &ExchangeState {
+        self.state.as_ref().expect("exchange state is lent only during a call")
+    }
+
+    /// The request's state, to change from the host side.
+    pub fn state_mut(&mut self) -> &mut ExchangeState {
+        self.state.as_mut().expect("exchange state is lent only during a call")
+    }
+
+    /// Whether any plugin of the chain handles `phase`.
+    pub fn has_phase(&self, phase: Phase) -> bool {
+        self.plugins.iter().any(|plugin| plugin.handles(phase))
+    }
+
+    /// Every plugin failure so far, including skipped fail-open ones.
+    pub fn failures(&self) -> &[PluginError] {
+        &self.failures
+    }
+
+    /// The recorded host calls so far.
+    pub fn trace(&self) -> &[TraceEntry] {
+        &self.trace
+    }
+
+    /// The log's `client_verify`: the last override, else the handshake's. `None` on plaintext.
+    pub fn client_verify(&self) -> Option<ClientVerify> {
+        self.state().logged_client_verify()
+    }
+
+    /// Runs rewrite. Stops early when a plugin answers the request.
+    pub async fn rewrite(&mut self) -> Result<(), PluginError> {
+        self.run(Phase::Rewrite, None).await.map(drop)
+    }
+
+    /// Runs access. Stops early when a plugin answers the request.
+    pub async fn access(&mut self) -> Result<(), PluginError> {
+        self.run(Phase::Access, None).await.map(drop)
+    }
+
+    /// The response a plugin gave in rewrite or access, if any.
+    pub fn early_response(&self) -> Option<&EarlyResponse> {
+        self.state().exit.as_ref()
+    }
+
+    /// Runs balancer for attempt `attempt` (1 for the first try) among `targets`, proposing
+    /// `proposed`; returns the target to use (a plugin may have chosen another).
+    pub async fn balancer(
+        &mut self,
+        targets: Arc<[String]>,
+        proposed: String,
+        attempt: u32,
+    ) -> Result<String, PluginError> {
+        {
+            let balancer = &mut self.state_mut().balancer;
+            balancer.targets = targets;
+            balancer.target = Some(proposed.clone());
+            balancer.attempt = attempt;
+        }
+        self.run(Phase::Balancer, None).await?;
+        Ok(self.state().balancer.target.clone().unwrap_or(proposed))
+    }
+
+    /// Runs header_filter over the response head and returns it as plugins left it.
+    pub async fn header_filter(&mut self, head: ResponseHead) -> Result<ResponseHead, PluginError> {
+        self.state_mut().response = Some(head);
+        self.run(Phase::HeaderFilter, None).await?;
+        Ok(self.state().response.clone().unwrap_or_default())
+    }
+
+    /// Runs body_filter over one chunk; each plugin sees the previous one's output.
+    pub async fn body_filter(
+        &mut self,
+        chunk: Bytes,
+        end_of_stream: bool,
+    ) -> Result<Bytes, PluginError> {
+        self.run(Phase::BodyFilter, Some((chunk, end_of_stream)))
+            .await
+            .map(|chunk| chunk.unwrap_or_default())
+    }
+
+    /// Runs log. Failures are recorded, never returned: the response is already sent.
+    pub async fn log(&mut self) {
+        if let Err(err) = self.run(Phase::Log, None).await {
+            tracing::warn!(%err, "plugin failed in log phase");
+        }
+    }
+
+    /// The request's final state, trace and failures.
+    pub fn finish(mut self) -> (ExchangeState, Vec<TraceEntry>, Vec<PluginError>) {
+        let state = *self.state.take().expect("exchange state is lent only during a call");
+        (state, self.trace, self.failures)
+    }
+
+    async fn run(
+        &mut self,
+        phase: Phase,
+        mut body: Option<(Bytes, bool)>,
+    ) -> Result<Option<Bytes>, PluginError> {
+        for index in 0..self.plugins.len() {
+            let plugin = self.plugins[index].clone();
+            if !plugin.handles(phase) {
+                continue;
+            }
+            if matches!(phase, Phase::Rewrite | Phase::Access) && self.state().exit.is_some() {
+                break;
+            }
+            let result = self.call(index, phase, body.as_ref()).await;
+            if let (Ok(()), Some((chunk, _))) = (&result, body.as_mut()) {
+                if let Some(replacement) = self.state_mut().body_chunk.take() {
+                    *chunk = Bytes::from(replacement);
+                }
+            }
+            if let Err(err) = result {
+                self.failures.push(err.clone());
+                if !plugin.fail_open() {
+                    return Err(err);
+                }
+                tracing::warn!(%err, "fail-open plugin skipped");
+            }
+        }
+        Ok(body.map(|(chunk, _)| chunk))
+    }
+
+    async fn call(
+        &mut self,
+        index: usize,
+        phase: Phase,
+        body: Option<&(Bytes, bool)>,
+    ) -> Result<(), PluginError> {
+        let plugin = self.plugins[index].clone();
+        let record = self.recording == Recording::On;
+        let mut instance = match self.instances[index].take() {
+            Some(instance) => instance,
+            None => match plugin.instantiate(record).await {
+                Ok(instance) => instance,
+                Err(err) => {
+                    let result = Err(err);
+                    if record {
+                        self.trace.push(trace(&plugin, phase, Vec::new(), &result));
+                    }
+                    return result;
+                }
+            },
+        };
+        let call = match body {
+            Some((chunk, end_of_stream)) => PhaseCall::BodyFilter {
+                chunk,
+                end_of_stream: *end_of_stream,
+            },
+            None => PhaseCall::Plain(phase),
+        };
+        let state = self.state.take().expect("exchange state is lent only during a call");
+        let (scope, result) = instance.call(call, Scope::Exchange(state)).await;
+        self.state = Some(match scope {
+            Scope::Exchange(state) => state,
+            _ => unreachable!("request phases lend an exchange scope"),
+        });
+        if record {
+            self.trace
+                .push(trace(&plugin, phase, instance.take_calls(), &result));
+        }
+        if result.is_ok() {
+            // A failed instance cannot be entered again; the next phase makes a fresh one.
+            self.instances[index] = Some(instance);
+        }
+        result
+    }
+}

@@ -1,0 +1,1117 @@
+//! The client side of the proxy: one [`Upstream`] per service, with its targets, timeouts,
+//! TLS settings and a pool of keep-alive HTTP/1.1 connections per target.
+//!
+//! # Retry safety
+//!
+//! A request body is a stream that can be sent only once, so a request may be retried on
+//! another target only if nothing of it was sent. That is what [`UpstreamError::Connect`]
+//! means, and the API makes it hold by construction: a connection is checked out first
+//! ([`Upstream::connect`]: pooled, or TCP connect + TLS handshake + HTTP/1.1 handshake, all
+//! under the connect timeout) and only then is the request handed over
+//! ([`UpstreamConnection::send`]). `connect` never sees the request, so a caller that retries
+//! keeps its request (and unread body) until a connection exists:
+//!
+//! ```no_run
+//! # use tollgate::proxy::upstream::{Upstream, UpstreamError};
+//! # async fn forward(upstream: &Upstream, req: http::Request<String>)
+//! #     -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+//! let mut attempt = 0;
+//! let connection = loop {
+//!     let target = &upstream.targets()[upstream.next_target()];
+//!     match upstream.connect(target).await {
+//!         Ok(connection) => break connection,
+//!         Err(err) if err.is_retryable() && attempt < upstream.retries() => attempt += 1,
+//!         Err(err) => return Err(err),
+//!     }
+//! };
+//! connection.send(req).await // never a Connect error
+//! # }
+//! ```
+//!
+//! [`Upstream::send`] is the one-call form (connect, then send); when it fails with `Connect`
+//! the request was dropped without its body ever being polled.
+//!
+//! The pool is hand-written on `hyper::client::conn::http1` because hyper-util's legacy client
+//! only accepts a custom (TLS) connector through `tower_service::Service`, which is not a
+//! dependency of this crate.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// The boxed error type request bodies are converted to.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long a connection may sit idle in the pool before it is discarded.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most idle connections kept per target; more are closed when they become idle.
+pub const MAX_IDLE_PER_TARGET: usize = 32;
+
+/// The body type on pooled connections: any request body, boxed.
+type PoolBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// What [`Upstream::new`] needs for one service.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// `host:port` targets (IPv6 as `[addr]:port`); at least one.
+    pub targets: Vec<String>,
+    /// Whether to speak TLS to the targets.
+    pub https: bool,
+    /// Limit on TCP connect plus TLS and HTTP handshakes for a new connection.
+    pub connect_timeout: Duration,
+    /// Limit from handing the request over to receiving the response head.
+    pub read_timeout: Duration,
+    /// How many further targets the caller may try after a [`UpstreamError::Connect`].
+    pub retries: u32,
+    /// Verify the target's certificate (web PKI roots plus `extra_ca`, name = target host).
+    /// `false` accepts any certificate: only for test and demo upstreams.
+    pub tls_verify: bool,
+    /// CA certificates trusted in addition to the web PKI roots.
+    pub extra_ca: Vec<CertificateDer<'static>>,
+}
+
+/// A configuration [`Upstream::new`] refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamConfigError {
+    /// The target list is empty.
+    #[error("an upstream needs at least one target")]
+    NoTargets,
+    /// A target is not `host:port`.
+    #[error("upstream target {target:?} is not host:port")]
+    InvalidTarget {
+        /// The rejected target.
+        target: String,
+    },
+    /// An extra CA certificate could not be added to the trust store.
+    #[error("extra CA certificate #{index} is not usable: {source}")]
+    InvalidCa {
+        /// Its position in `extra_ca`.
+        index: usize,
+        /// Why rustls rejected it.
+        #[source]
+        source: rustls::Error,
+    },
+    /// rustls refused the client configuration.
+    #[error("cannot build the upstream TLS configuration: {0}")]
+    Tls(#[source] rustls::Error),
+}
+
+/// Why an upstream exchange failed, and whose fault that is.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (refused, unreachable, DNS, TLS handshake or certificate
+    /// failure, connect timeout, invalid target). Nothing of the request was sent: safe to
+    /// retry on another target.
+    #[error("cannot connect to upstream {target}: {source}")]
+    Connect {
+        /// The target tried.
+        target: String,
+        /// The cause; `ErrorKind::TimedOut` for a connect timeout.
+        #[source]
+        source: io::Error,
+    },
+    /// The request was sent but no response head arrived within the read timeout.
+    #[error("upstream {target} sent no response head within {after:?}")]
+    Timeout {
+        /// The target tried.
+        target: String,
+        /// The read timeout that expired.
+        after: Duration,
+    },
+    /// The exchange failed after the request was handed over (connection reset, malformed
+    /// response, request body error). Part of the request may have been sent: not retryable.
+    #[error("upstream {target} failed: {source}")]
+    Other {
+        /// The target tried.
+        target: String,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl UpstreamError {
+    /// The status the client gets: 504 for timeouts (connect or read), 502 otherwise.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            UpstreamError::Connect { source, .. } if source.kind() == io::ErrorKind::TimedOut => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::Connect { .. } | UpstreamError::Other { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Whether the request is untouched, so another target may be tried (only `Connect`).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, UpstreamError::Connect { .. })
+    }
+
+    /// The target the failed attempt went to.
+    pub fn target(&self) -> &str {
+        match self {
+            UpstreamError::Connect { target, .. }
+            | UpstreamError::Timeout { target, .. }
+            | UpstreamError::Other { target, .. } => target,
+        }
+    }
+}
+
+/// A parsed target: where to connect and which name to present and verify.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    authority: String,
+    server_name: ServerName<'static>,
+}
+
+impl Endpoint {
+    fn parse(target: &str) -> Option<Endpoint> {
+        let authority = Authority::from_str(target).ok()?;
+        authority.port_u16()?;
+        let host = authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let server_name = ServerName::try_from(host.to_owned()).ok()?;
+        Some(Endpoint {
+            authority: authority.as_str().to_owned(),
+            server_name,
+        })
+    }
+}
+
+/// One service's upstream: targets, timeouts, TLS and the connection pool. Cheap to share
+/// behind an `Arc`; all methods take `&self`.
+pub struct Upstream {
+    targets: Vec<String>,
+    endpoints: Vec<Endpoint>,
+    tls: Option<TlsConnector>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    retries: u32,
+    next: AtomicUsize,
+    pool: Arc<Pool>,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("targets", &self.targets)
+            .field("https", &self.tls.is_some())
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .field("retries", &self.retries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// Validates the settings and builds the upstream (and its TLS client config).
+    pub fn new(settings: UpstreamSettings) -> Result<Upstream, UpstreamConfigError> {
+        if settings.targets.is_empty() {
+            return Err(UpstreamConfigError::NoTargets);
+        }
+        let endpoints = settings
+            .targets
+            .iter()
+            .map(|target| {
+                Endpoint::parse(target).ok_or_else(|| UpstreamConfigError::InvalidTarget {
+                    target: target.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tls = if settings.https {
+            Some(tls_connector(settings.tls_verify, &settings.extra_ca)?)
+        } else {
+            None
+        };
+        Ok(Upstream {
+            targets: settings.targets,
+            endpoints,
+            tls,
+            connect_timeout: settings.connect_timeout,
+            read_timeout: settings.read_timeout,
+            retries: settings.retries,
+            next: AtomicUsize::new(0),
+            pool: Arc::new(Pool::default()),
+        })
+    }
+
+    /// The configured targets, in configuration order.
+    pub fn targets(&self) -> &[String] {
+        &self.targets
+    }
+
+    /// The index (into [`Upstream::targets`]) of the next target, round-robin.
+    pub fn next_target(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len()
+    }
+
+    /// How many further targets the caller may try after a `Connect` error.
+    pub fn retries(&self) -> u32 {
+        self.retries
+    }
+
+    /// Whether targets are spoken to over TLS.
+    pub fn is_https(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The read timeout (request handed over → response head).
+    pub fn read_timeout(&self) -> Duration {
+        self.read_timeout
+    }
+
+    /// Checks out a connection to `target`: an idle pooled one if there is one, else a new one
+    /// (TCP connect, TLS handshake when https, HTTP/1.1 handshake), all under the connect
+    /// timeout. `target` need not be configured (a balancer plugin may choose another), but
+    /// must be `host:port`.
+    ///
+    /// Only ever fails with [`UpstreamError::Connect`].
+    pub async fn connect(&self, target: &str) -> Result<UpstreamConnection<'_>, UpstreamError> {
+        let endpoint = self.endpoint(target)?;
+        if let Some(sender) = self.pool.checkout(&endpoint.authority) {
+            return Ok(UpstreamConnection {
+                upstream: self,
+                endpoint,
+                sender,
+                reused: true,
+            });
+        }
+        let sender = self.open(&endpoint).await?;
+        Ok(UpstreamConnection {
+            upstream: self,
+            endpoint,
+            sender,
+            reused: false,
+        })
+    }
+
+    /// Connects to `target` and sends `req` ([`Upstream::connect`] then
+    /// [`UpstreamConnection::send`]). On [`UpstreamError::Connect`] the request was dropped
+    /// without its body being polled; callers that want to retry it use the two calls.
+    pub async fn send<B>(
+        &self,
+        target: &str,
+        req: Request<B>,
+    ) -> Result<Response<Incoming>, UpstreamError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.connect(target).await?.send(req).await
+    }
+
+    fn endpoint(&self, target: &str) -> Result<Endpoint, UpstreamError> {
+        if let Some(endpoint) = self.endpoints.iter().find(|e| e.authority == target) {
+            return Ok(endpoint.clone());
+        }
+        Endpoint::parse(target).ok_or_else(|| UpstreamError::Connect {
+            target: target.to_owned(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "target is not host:port"),
+        })
+    }
+
+    /// Opens a new connection under the connect timeout.
+    async fn open(&self, endpoint: &Endpoint) -> Result<SendRequest<PoolBody>, UpstreamError> {
+        let connect = async {
+            let tcp = TcpStream::connect(endpoint.authority.as_str()).await?;
+            tcp.set_nodelay(true)?;
+            match &self.tls {
+                Some(tls) => {
+                    let stream = tls.connect(endpoint.server_name.clone(), tcp).await?;
+                    handshake(stream, &endpoint.authority).await
+                }
+                None => handshake(tcp, &endpoint.authority).await,
+            }
+        };
+        let result = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect timed out after {:?}", self.connect_timeout),
+            )),
+        };
+        result.map_err(|source| UpstreamError::Connect {
+            target: endpoint.authority.clone(),
+            source,
+        })
+    }
+}
+
+/// HTTP/1.1 handshake on an established stream; the connection is driven by its own task.
+async fn handshake<S>(stream: S, target: &str) -> io::Result<SendRequest<PoolBody>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    let target = target.to_owned();
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(upstream = %target, error = %err, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// A checked-out connection to one target, ready for one request. Dropping it unused
+/// closes it.
+pub struct UpstreamConnection<'a> {
+    upstream: &'a Upstream,
+    endpoint: Endpoint,
+    sender: SendRequest<PoolBody>,
+    reused: bool,
+}
+
+impl fmt::Debug for UpstreamConnection<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConnection")
+            .field("target", &self.endpoint.authority)
+            .field("reused", &self.reused)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamConnection<'_> {
+    /// The target this connection goes to.
+    pub fn target(&self) -> &str {
+        &self.endpoint.authority
+    }
+
+    /// Whether this connection came from the pool.
+    pub fn is_reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Sends the request and waits for the response head, at most the read timeout (which so
+    /// also bounds writing the request body: a client uploading slower than that gets a 504).
+    /// The response body streams afterwards with no timeout of its own; the connection goes
+    /// back to the pool once that body has been read to the end.
+    ///
+    /// The request goes out as HTTP/1.1 in origin-form (`/path?query`, whatever the URI's
+    /// form); a missing `Host` is set from the URI's authority, else the target. Hop-by-hop
+    /// headers are the caller's business (see [`super::forwarding::strip_hop_by_hop`]).
+    ///
+    /// Fails with [`UpstreamError::Timeout`] or [`UpstreamError::Other`], never `Connect`.
+    /// If a pooled connection turns out to be closed before the request was written, the
+    /// request is sent once more on a new connection (as hyper-util's client does); should that
+    /// connection fail, the result is `Other`, since the request is gone.
+    pub async fn send<B>(self, req: Request<B>) -> Result<Response<Incoming>, UpstreamError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let UpstreamConnection {
+            upstream,
+            endpoint,
+            mut sender,
+            reused,
+        } = self;
+        let req = prepare(req, &endpoint.authority);
+        let target = endpoint.authority.clone();
+        let exchange = async move {
+            match sender.try_send_request(req).await {
+                Ok(response) => Ok((response, sender)),
+                Err(mut err) => match err.take_message() {
+                    Some(req) if reused => {
+                        tracing::debug!(upstream = %endpoint.authority, "pooled connection was closed; resending on a new one");
+                        let mut fresh = upstream
+                            .open(&endpoint)
+                            .await
+                            .map_err(|e| -> BoxError { Box::new(e) })?;
+                        let response = fresh.send_request(req).await?;
+                        Ok((response, fresh))
+                    }
+                    _ => Err(BoxError::from(err.into_error())),
+                },
+            }
+        };
+        match tokio::time::timeout(upstream.read_timeout, exchange).await {
+            Ok(Ok((response, sender))) => {
+                upstream.pool.return_when_idle(target, sender);
+                Ok(response)
+            }
+            Ok(Err(source)) => Err(UpstreamError::Other { target, source }),
+            // Dropping the in-flight exchange makes hyper close that connection.
+            Err(_) => Err(UpstreamError::Timeout {
+                target,
+                after: upstream.read_timeout,
+            }),
+        }
+    }
+}
+
+/// Puts a request in the shape HTTP/1.1 upstreams expect; boxes its body for the pool.
+fn prepare<B>(req: Request<B>, target: &str) -> Request<PoolBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, body) = req.into_parts();
+    if !parts.headers.contains_key(HOST) {
+        let host = parts
+            .uri
+            .authority()
+            .map_or(target, Authority::as_str)
+            .to_owned();
+        if let Ok(host) = HeaderValue::from_str(&host) {
+            parts.headers.insert(HOST, host);
+        }
+    }
+    let origin_form = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = Uri::from(origin_form);
+    // HTTP/2 requests arrive marked HTTP/2; the upstream hop is HTTP/1.1.
+    parts.version = Version::HTTP_11;
+    Request::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+}
+
+/// Idle keep-alive connections, per target.
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<HashMap<String, Vec<IdleConnection>>>,
+}
+
+struct IdleConnection {
+    sender: SendRequest<PoolBody>,
+    since: Instant,
+}
+
+impl IdleConnection {
+    fn usable(&self) -> bool {
+        self.since.elapsed() < IDLE_TIMEOUT && self.sender.is_ready()
+    }
+}
+
+impl Pool {
+    /// The most recently idled usable connection; stale ones met on the way are dropped.
+    fn checkout(&self, target: &str) -> Option<SendRequest<PoolBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = idle.get_mut(target)?;
+        while let Some(connection) = list.pop() {
+            if connection.usable() {
+                return Some(connection.sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, target: String, sender: SendRequest<PoolBody>) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let list = idle.entry(target).or_default();
+        list.retain(IdleConnection::usable);
+        if list.len() < MAX_IDLE_PER_TARGET {
+            list.push(IdleConnection {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Returns the connection to the pool once its response body has been read to the end
+    /// (hyper reports it ready then); a connection that closes instead is simply dropped.
+    fn return_when_idle(self: &Arc<Self>, target: String, mut sender: SendRequest<PoolBody>) {
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                pool.put(target, sender);
+            }
+        });
+    }
+}
+
+fn tls_connector(
+    verify: bool,
+    extra_ca: &[CertificateDer<'static>],
+) -> Result<TlsConnector, UpstreamConfigError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(UpstreamConfigError::Tls)?;
+    let mut config = if verify {
+        let mut roots = RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for (index, ca) in extra_ca.iter().enumerate() {
+            roots
+                .add(ca.clone())
+                .map_err(|source| UpstreamConfigError::InvalidCa { index, source })?;
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert::new(&provider)))
+            .with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// `tls_verify = false`: any certificate is accepted for any name. Handshake signatures are
+/// still checked (it costs nothing), but without a trusted chain that proves nothing: this
+/// gives encryption against passive observers only.
+#[derive(Debug)]
+struct AcceptAnyServerCert {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl AcceptAnyServerCert {
+    fn new(provider: &CryptoProvider) -> Self {
+        AcceptAnyServerCert {
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for AcceptAnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicBool;
+    use std::task::{Context, Poll};
+
+    use http_body_util::{Empty, Full};
+    use hyper::service::service_fn;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    fn settings(targets: &[String]) -> UpstreamSettings {
+        UpstreamSettings {
+            targets: targets.to_vec(),
+            https: false,
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(2),
+            retries: 1,
+            tls_verify: true,
+            extra_ca: Vec::new(),
+        }
+    }
+
+    /// The echo upstream on a fresh port; stops when the returned sender drops.
+    async fn echo_server() -> (String, oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(super::super::echo::serve_echo(listener, async {
+            let _ = stopped.await;
+        }));
+        (addr, stop)
+    }
+
+    /// An address nothing listens on.
+    async fn refused_target() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+    }
+
+    /// A body that records whether anyone ever polled it.
+    struct TrackedBody {
+        polled: Arc<AtomicBool>,
+        data: Option<Bytes>,
+    }
+
+    impl http_body::Body for TrackedBody {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+            self.polled.store(true, Ordering::SeqCst);
+            Poll::Ready(self.data.take().map(|d| Ok(http_body::Frame::data(d))))
+        }
+    }
+
+    fn tracked(data: &'static str) -> (Request<TrackedBody>, Arc<AtomicBool>) {
+        let polled = Arc::new(AtomicBool::new(false));
+        let req = Request::builder()
+            .method("POST")
+            .uri("/upload?x=1")
+            .body(TrackedBody {
+                polled: Arc::clone(&polled),
+                data: Some(Bytes::from_static(data.as_bytes())),
+            })
+            .unwrap();
+        (req, polled)
+    }
+
+    async fn json(response: Response<Incoming>) -> serde_json::Value {
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn sends_origin_form_with_host_and_body() {
+        let (target, _stop) = echo_server().await;
+        let upstream = Upstream::new(settings(std::slice::from_ref(&target))).unwrap();
+        let uri = format!("http://{target}/a/b?q=1");
+        let req = Request::builder()
+            .uri(uri)
+            .version(Version::HTTP_2)
+            .body(Full::new(Bytes::from_static(b"12345")))
+            .unwrap();
+        let response = upstream.send(&target, req).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let echo = json(response).await;
+        assert_eq!(echo["path"], "/a/b");
+        assert_eq!(echo["query"], "q=1");
+        assert_eq!(echo["version"], "HTTP/1.1");
+        assert_eq!(echo["headers"]["host"], target.as_str());
+        assert_eq!(echo["body_size"], 5);
+    }
+
+    #[tokio::test]
+    async fn keeps_an_explicit_host_header() {
+        let (target, _stop) = echo_server().await;
+        let upstream = Upstream::new(settings(std::slice::from_ref(&target))).unwrap();
+        let req = Request::builder()
+            .uri("/")
+            .header(HOST, "api.example.com")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let echo = json(upstream.send(&target, req).await.unwrap()).await;
+        assert_eq!(echo["headers"]["host"], "api.example.com");
+    }
+
+    /// Waits for the pool task to see the connection become idle again.
+    async fn wait_until_idle(upstream: &Upstream) {
+        for _ in 0..200 {
+            if upstream
+                .pool
+                .idle
+                .lock()
+                .unwrap()
+                .values()
+                .any(|list| !list.is_empty())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("connection never returned to the pool");
+    }
+
+    #[tokio::test]
+    async fn reuses_a_keep_alive_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(|_req| async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                    }),
+                ));
+            }
+        });
+        let upstream = Upstream::new(settings(std::slice::from_ref(&target))).unwrap();
+        for _ in 0..3 {
+            let connection = upstream.connect(&target).await.unwrap();
+            let response = connection
+                .send(Request::new(Empty::<Bytes>::new()))
+                .await
+                .unwrap();
+            response.into_body().collect().await.unwrap();
+            wait_until_idle(&upstream).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert!(upstream.connect(&target).await.unwrap().is_reused());
+    }
+
+    #[tokio::test]
+    async fn upstream_closing_after_each_response_does_not_fail_the_next_request() {
+        // Upstream answers one request per connection and closes it without saying so.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = tokio::io::AsyncWriteExt::write_all(
+                        &mut stream,
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                    )
+                    .await;
+                });
+            }
+        });
+        let upstream = Upstream::new(settings(std::slice::from_ref(&target))).unwrap();
+        for _ in 0..3 {
+            let response = upstream
+                .send(&target, Request::new(Empty::<Bytes>::new()))
+                .await
+                .unwrap();
+            assert_eq!(
+                response.into_body().collect().await.unwrap().to_bytes(),
+                "ok"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_connect_error_and_body_is_never_polled() {
+        let target = refused_target().await;
+        let upstream = Upstream::new(settings(std::slice::from_ref(&target))).unwrap();
+        let (req, polled) = tracked("payload");
+        let err = upstream.send(&target, req).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::Connect { .. }), "{err}");
+        assert!(err.is_retryable());
+        assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(err.target(), target);
+        assert!(!polled.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn retry_on_next_target_sends_the_untouched_request() {
+        let dead = refused_target().await;
+        let (live, _stop) = echo_server().await;
+        let upstream = Upstream::new(settings(&[dead.clone(), live.clone()])).unwrap();
+        let (req, polled) = tracked("payload");
+        let mut attempts = Vec::new();
+        let mut retries = 0;
+        let connection = loop {
+            let target = &upstream.targets()[upstream.next_target()];
+            attempts.push(target.clone());
+            match upstream.connect(target).await {
+                Ok(connection) => break connection,
+                Err(err) if err.is_retryable() && retries < upstream.retries() => retries += 1,
+                Err(err) => panic!("{err}"),
+            }
+        };
+        assert_eq!(attempts, [dead, live]);
+        assert!(!polled.load(Ordering::SeqCst));
+        let echo = json(connection.send(req).await.unwrap()).await;
+        assert_eq!(echo["body_size"], 7);
+        assert_eq!(echo["path"], "/upload");
+    }
+
+    #[tokio::test]
+    async fn no_response_head_within_read_timeout_is_504() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            // Read the request, then say nothing.
+            while stream.read(&mut buf).await.unwrap_or(0) > 0 {}
+        });
+        let mut settings = settings(std::slice::from_ref(&target));
+        settings.read_timeout = Duration::from_millis(200);
+        let upstream = Upstream::new(settings).unwrap();
+        let started = Instant::now();
+        let err = upstream
+            .send(&target, Request::new(Empty::<Bytes>::new()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, UpstreamError::Timeout { .. }), "{err}");
+        assert!(!err.is_retryable());
+        assert_eq!(err.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn connection_closed_without_response_is_502_other() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+        });
+        let upstream = Upstream::new(settings(std::slice::from_ref(&target))).unwrap();
+        let err = upstream
+            .send(&target, Request::new(Empty::<Bytes>::new()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, UpstreamError::Other { .. }), "{err}");
+        assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[tokio::test]
+    async fn stalled_tls_handshake_is_a_connect_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(stream);
+        });
+        let mut settings = settings(std::slice::from_ref(&target));
+        settings.https = true;
+        settings.connect_timeout = Duration::from_millis(200);
+        let upstream = Upstream::new(settings).unwrap();
+        let (req, polled) = tracked("x");
+        let err = upstream.send(&target, req).await.unwrap_err();
+        match &err {
+            UpstreamError::Connect { source, .. } => {
+                assert_eq!(source.kind(), io::ErrorKind::TimedOut)
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(err.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(!polled.load(Ordering::SeqCst));
+    }
+
+    struct TlsUpstream {
+        addr: SocketAddr,
+        ca: CertificateDer<'static>,
+        sni: Arc<Mutex<Option<String>>>,
+    }
+
+    /// A TLS server (certificate for `localhost` and 127.0.0.1, from a fresh CA) answering
+    /// "secure" to every request; records the SNI it was sent.
+    async fn tls_upstream() -> TlsUpstream {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let server_params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server_cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sni = Arc::new(Mutex::new(None));
+        let seen = Arc::clone(&sni);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    *seen.lock().unwrap() = tls.get_ref().1.server_name().map(str::to_owned);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(
+                            TokioIo::new(tls),
+                            service_fn(|_req| async {
+                                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("secure"))))
+                            }),
+                        )
+                        .await;
+                });
+            }
+        });
+        TlsUpstream {
+            addr,
+            ca: ca.der().clone(),
+            sni,
+        }
+    }
+
+    fn https_settings(
+        target: &str,
+        verify: bool,
+        extra_ca: Vec<CertificateDer<'static>>,
+    ) -> UpstreamSettings {
+        UpstreamSettings {
+            https: true,
+            tls_verify: verify,
+            extra_ca,
+            ..settings(&[target.to_owned()])
+        }
+    }
+
+    async fn body_text(response: Response<Incoming>) -> Bytes {
+        response.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn https_verifies_against_extra_ca_and_sends_target_host_as_sni() {
+        let server = tls_upstream().await;
+        let target = format!("localhost:{}", server.addr.port());
+        let upstream =
+            Upstream::new(https_settings(&target, true, vec![server.ca.clone()])).unwrap();
+        let response = upstream
+            .send(&target, Request::new(Empty::<Bytes>::new()))
+            .await
+            .unwrap();
+        assert_eq!(body_text(response).await, "secure");
+        assert_eq!(server.sni.lock().unwrap().as_deref(), Some("localhost"));
+    }
+
+    #[tokio::test]
+    async fn https_to_ip_target_verifies_ip_address() {
+        let server = tls_upstream().await;
+        let target = server.addr.to_string();
+        let upstream =
+            Upstream::new(https_settings(&target, true, vec![server.ca.clone()])).unwrap();
+        let response = upstream
+            .send(&target, Request::new(Empty::<Bytes>::new()))
+            .await
+            .unwrap();
+        assert_eq!(body_text(response).await, "secure");
+    }
+
+    #[tokio::test]
+    async fn https_untrusted_certificate_is_a_connect_error() {
+        let server = tls_upstream().await;
+        let target = server.addr.to_string();
+        let upstream = Upstream::new(https_settings(&target, true, Vec::new())).unwrap();
+        let (req, polled) = tracked("x");
+        let err = upstream.send(&target, req).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::Connect { .. }), "{err}");
+        assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+        assert!(!polled.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn https_without_verification_accepts_untrusted_certificate() {
+        let server = tls_upstream().await;
+        let target = server.addr.to_string();
+        let upstream = Upstream::new(https_settings(&target, false, Vec::new())).unwrap();
+        let response = upstream
+            .send(&target, Request::new(Empty::<Bytes>::new()))
+            .await
+            .unwrap();
+        assert_eq!(body_text(response).await, "secure");
+    }
+
+    #[test]
+    fn upstream_and_its_futures_can_cross_threads() {
+        fn send_sync<T: Send + Sync>(_: &T) {}
+        fn send<T: Send>(_: &T) {}
+        let upstream = Upstream::new(settings(&["127.0.0.1:1".to_owned()])).unwrap();
+        send_sync(&upstream);
+        send(&upstream.connect("127.0.0.1:1"));
+        send(&upstream.send("127.0.0.1:1", Request::new(Empty::<Bytes>::new())));
+    }
+
+    #[test]
+    fn next_target_is_round_robin() {
+        let targets = ["a:1", "b:2", "c:3"].map(String::from);
+        let upstream = Upstream::new(settings(&targets)).unwrap();
+        let picks: Vec<_> = (0..7).map(|_| upstream.next_target()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0]);
+        assert_eq!(upstream.targets(), targets);
+    }
+
+    #[test]
+    fn invalid_settings_are_rejected() {
+        assert!(matches!(
+            Upstream::new(settings(&[])),
+            Err(UpstreamConfigError::NoTargets)
+        ));
+        for bad in ["no-port", "host:", "host:99999", "a b:80", "http://x:80"] {
+            assert!(
+                matches!(
+                    Upstream::new(settings(&[bad.to_owned()])),
+                    Err(UpstreamConfigError::InvalidTarget { .. })
+                ),
+                "{bad}"
+            );
+        }
+        let mut bad_ca = settings(&["x:1".to_owned()]);
+        bad_ca.https = true;
+        bad_ca.extra_ca = vec![CertificateDer::from(vec![1, 2, 3])];
+        assert!(matches!(
+            Upstream::new(bad_ca),
+            Err(UpstreamConfigError::InvalidCa { index: 0, .. })
+        ));
+        assert!(Upstream::new(settings(&["[::1]:8080".to_owned()])).is_ok());
+    }
+
+    #[tokio::test]
+    async fn unconfigured_invalid_target_is_a_connect_error() {
+        let upstream = Upstream::new(settings(&["127.0.0.1:1".to_owned()])).unwrap();
+        let err = upstream.connect("not a target").await.unwrap_err();
+        assert!(err.is_retryable());
+        assert_eq!(err.target(), "not a target");
+    }
+}

@@ -1,0 +1,163 @@
+//! The runtime's two error types: a plugin that cannot be loaded, and a plugin call that failed.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tollgate_phases::Phase;
+
+/// Why a plugin file could not be loaded. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("plugin {path}: cannot read file: {source}")]
+    Read {
+        /// The plugin file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not WebAssembly.
+    #[error("plugin {path}: not a WebAssembly module or component")]
+    NotWasm {
+        /// The plugin file.
+        path: PathBuf,
+    },
+    /// A core module could not be turned into a component.
+    #[error(
+        "plugin {path}: cannot componentize the wasm32-wasip1 module (was it built with the \
+         tollgate-sdk or wit-bindgen against wit/plugin.wit?): {reason}"
+    )]
+    Componentize {
+        /// The plugin file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The component did not compile.
+    #[error("plugin {path}: invalid component: {reason}")]
+    Compile {
+        /// The plugin file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The plugin was built against another version of the WIT package.
+    #[error(
+        "plugin {path}: built against {found}, but this gateway implements \
+         tollgate:plugin@{expected}; rebuild it with a matching tollgate-sdk"
+    )]
+    WitVersion {
+        /// The plugin file.
+        path: PathBuf,
+        /// The package and version the plugin uses.
+        found: String,
+        /// The version the host implements.
+        expected: &'static str,
+    },
+    /// The plugin does not export the handler interface.
+    #[error("plugin {path}: missing export {missing} (does the plugin call export_plugin!?)")]
+    MissingExport {
+        /// The plugin file.
+        path: PathBuf,
+        /// The missing export.
+        missing: &'static str,
+    },
+    /// The plugin imports something the sandbox does not provide.
+    #[error("plugin {path}: imports what the gateway does not provide: {reason}")]
+    Link {
+        /// The plugin file.
+        path: PathBuf,
+        /// The linker's message, naming the import.
+        reason: String,
+    },
+    /// `configure` or `phases` failed: configuration rejected, or a trap.
+    #[error("plugin {name} ({path}): {source}")]
+    Setup {
+        /// The plugin's name.
+        name: String,
+        /// The plugin file.
+        path: PathBuf,
+        /// The failure.
+        source: PluginError,
+    },
+}
+
+/// Where in a plugin's life a failure happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Creating an instance (pool exhausted, start function trapped).
+    Instantiate,
+    /// The `configure` export.
+    Configure,
+    /// A phase handler.
+    Phase(Phase),
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stage::Instantiate => f.write_str("instantiation"),
+            Stage::Configure => f.write_str("configure"),
+            Stage::Phase(phase) => write!(f, "{phase} phase"),
+        }
+    }
+}
+
+/// What went wrong in a plugin call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginFault {
+    /// The handler returned an error.
+    Failed(String),
+    /// `configure` rejected the configuration.
+    ConfigRejected(String),
+    /// The call ran past its CPU deadline.
+    Timeout(Duration),
+    /// The instance tried to grow its memory past the cap.
+    MemoryLimit(usize),
+    /// The guest trapped (panic, unreachable, out-of-bounds access, ...).
+    Trap(String),
+    /// No instance could be created.
+    Instantiate(String),
+}
+
+impl fmt::Display for PluginFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PluginFault::Failed(message) => write!(f, "returned an error: {message}"),
+            PluginFault::ConfigRejected(message) => {
+                write!(f, "rejected its configuration: {message}")
+            }
+            PluginFault::Timeout(limit) => {
+                write!(f, "exceeded its time limit of {}ms", limit.as_millis())
+            }
+            PluginFault::MemoryLimit(limit) => {
+                write!(f, "exceeded its memory limit of {} bytes", limit)
+            }
+            PluginFault::Trap(message) => write!(f, "trapped: {message}"),
+            PluginFault::Instantiate(message) => write!(f, "could not be instantiated: {message}"),
+        }
+    }
+}
+
+/// A plugin call failed. Only that call fails; the gateway and other plugins carry on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("plugin {plugin} failed in {stage}: {fault}")]
+pub struct PluginError {
+    /// The plugin's name.
+    pub plugin: String,
+    /// Where it failed.
+    pub stage: Stage,
+    /// What went wrong.
+    pub fault: PluginFault,
+}
+
+impl PluginError {
+    /// The phase the failure happened in, if it was in a phase handler.
+    pub fn phase(&self) -> Option<Phase> {
+        match self.stage {
+            Stage::Phase(phase) => Some(phase),
+            _ => None,
+        }
+    }
+}

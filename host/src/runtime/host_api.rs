@@ -1,0 +1,515 @@
+//! The host side of every WIT import. Each function first checks the phase table, then acts on
+//! the state lent to the store for this call.
+
+use std::fmt::Debug;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use tollgate_phases::{HostFunction, Phase};
+
+use super::bindings::{
+    HostError, LogLevel, balancer, client_tls, connection, context, plugin_log, request, response,
+    types,
+};
+use super::store::{HostCall, PluginStore, Scope};
+use crate::exchange::{
+    Context, EarlyResponse, ExchangeState, HandshakeState, MAX_CONTEXT_ENTRIES, MAX_CONTEXT_VALUE,
+};
+use crate::tls::{self, TrustAnchors};
+
+type HostResult<T> = Result<T, HostError>;
+
+/// The message of `error.not-tls`, as the contract words it.
+pub const NOT_TLS: &str = "connection is not TLS";
+
+impl HostError {
+    /// The error's message, as reports and the SDK render it.
+    pub fn message(&self) -> String {
+        match self {
+            HostError::WrongPhase(message) | HostError::InvalidArgument(message) => message.clone(),
+            HostError::NotTls => NOT_TLS.to_string(),
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>) -> HostError {
+    HostError::InvalidArgument(message.into())
+}
+
+impl PluginStore {
+    /// Runs one host function: phase check first, then `body`, recording the call when the
+    /// harness asked for it.
+    fn guarded<T: Debug>(
+        &mut self,
+        function: HostFunction,
+        args: impl FnOnce() -> String,
+        body: impl FnOnce(&mut Self) -> HostResult<T>,
+    ) -> HostResult<T> {
+        let result = match self.phase {
+            None => Err(invalid(format!(
+                "{} cannot be called during configure",
+                function.wit_name()
+            ))),
+            Some(phase) => match function.check(phase) {
+                Err(wrong) => Err(HostError::WrongPhase(wrong.to_string())),
+                Ok(()) => body(self),
+            },
+        };
+        if let (Some(calls), Some(phase)) = (self.calls.as_mut(), self.phase) {
+            calls.push(HostCall {
+                phase,
+                function: function.wit_name(),
+                args: args(),
+                result: match &result {
+                    Ok(value) => render_ok(value),
+                    Err(err) => format!("error: {}", err.message()),
+                },
+            });
+        }
+        result
+    }
+
+    fn handshake(&mut self) -> HostResult<&mut HandshakeState> {
+        match &mut self.scope {
+            Scope::Handshake(state) => Ok(state),
+            _ => Err(invalid("no connection handshake in progress")),
+        }
+    }
+
+    fn exchange(&mut self) -> HostResult<&mut ExchangeState> {
+        match &mut self.scope {
+            Scope::Exchange(state) => Ok(state),
+            _ => Err(invalid("no request in progress")),
+        }
+    }
+
+    fn context(&mut self) -> HostResult<&mut Context> {
+        match &mut self.scope {
+            Scope::Handshake(state) => Ok(&mut state.context),
+            Scope::Exchange(state) => Ok(&mut state.context),
+            Scope::Idle => Err(invalid("no connection or request in progress")),
+        }
+    }
+
+    fn tls_session(&mut self) -> HostResult<&crate::exchange::TlsSession> {
+        self.exchange()?
+            .connection
+            .tls
+            .as_ref()
+            .ok_or(HostError::NotTls)
+    }
+}
+
+fn render_ok<T: Debug>(value: &T) -> String {
+    let text = format!("{value:?}");
+    if text == "()" {
+        "ok".to_string()
+    } else {
+        format!("ok: {}", shorten(&text))
+    }
+}
+
+/// Keeps reports readable when a call carries a certificate chain or a body.
+fn shorten(text: &str) -> String {
+    const MAX: usize = 120;
+    if text.len() <= MAX {
+        return text.to_string();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
+fn header_name(name: &str) -> HostResult<HeaderName> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| invalid(format!("invalid header name: {name:?}")))
+}
+
+fn header_value(value: &str) -> HostResult<HeaderValue> {
+    HeaderValue::from_str(value).map_err(|_| invalid(format!("invalid header value: {value:?}")))
+}
+
+fn header_list(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn header_get(headers: &HeaderMap, name: &str) -> Option<String> {
+    let values: Vec<_> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+impl types::Host for PluginStore {}
+
+impl client_tls::Host for PluginStore {
+    fn request_client_certificate(&mut self, ca_certs: Option<String>) -> HostResult<()> {
+        let args = ca_certs.as_ref().map(|pem| shorten(pem));
+        self.guarded(
+            HostFunction::RequestClientCertificate,
+            || format!("{args:?}"),
+            |store| {
+                let anchors = match ca_certs {
+                    Some(pem) => Some(
+                        TrustAnchors::from_pem(&pem)
+                            .map_err(|err| invalid(format!("invalid ca_certs: {err}")))?,
+                    ),
+                    None => None,
+                };
+                let policy = &mut store.handshake()?.policy;
+                policy.request_client_certificate = true;
+                if anchors.is_some() {
+                    policy.ca_certs = anchors;
+                }
+                Ok(())
+            },
+        )
+    }
+
+    fn disable_session_reuse(&mut self) -> HostResult<()> {
+        self.guarded(
+            HostFunction::DisableSessionReuse,
+            String::new,
+            |store| {
+                store.handshake()?.policy.disable_session_reuse = true;
+                Ok(())
+            },
+        )
+    }
+
+    fn get_full_client_certificate_chain(&mut self) -> HostResult<Option<String>> {
+        self.guarded(
+            HostFunction::GetFullClientCertificateChain,
+            String::new,
+            |store| Ok(store.tls_session()?.client_chain_pem.clone()),
+        )
+    }
+
+    fn set_client_verify(&mut self, value: String) -> HostResult<()> {
+        let args = format!("{value:?}");
+        self.guarded(
+            HostFunction::SetClientVerify,
+            || args,
+            |store| {
+                let verify =
+                    tls::parse_override(&value).map_err(|err| invalid(err.to_string()))?;
+                store.exchange()?.client_verify_override = Some(verify);
+                Ok(())
+            },
+        )
+    }
+}
+
+impl connection::Host for PluginStore {
+    fn sni(&mut self) -> HostResult<Option<String>> {
+        self.guarded(HostFunction::Sni, String::new, |store| {
+            Ok(match &store.scope {
+                Scope::Handshake(state) => state.sni.clone(),
+                Scope::Exchange(state) => state.connection.sni.clone(),
+                Scope::Idle => None,
+            })
+        })
+    }
+
+    fn is_tls(&mut self) -> HostResult<bool> {
+        self.guarded(HostFunction::IsTls, String::new, |store| {
+            Ok(match &store.scope {
+                Scope::Handshake(_) => true,
+                Scope::Exchange(state) => state.connection.tls.is_some(),
+                Scope::Idle => false,
+            })
+        })
+    }
+
+    fn client_address(&mut self) -> HostResult<String> {
+        self.guarded(HostFunction::ClientAddress, String::new, |store| {
+            match &store.scope {
+                Scope::Handshake(state) => Ok(state.client_addr.to_string()),
+                Scope::Exchange(state) => Ok(state.connection.client_addr.to_string()),
+                Scope::Idle => Err(invalid("no connection")),
+            }
+        })
+    }
+
+    fn tls_version(&mut self) -> HostResult<String> {
+        self.guarded(HostFunction::TlsVersion, String::new, |store| {
+            Ok(store.tls_session()?.version.clone())
+        })
+    }
+
+    fn cipher(&mut self) -> HostResult<String> {
+        self.guarded(HostFunction::Cipher, String::new, |store| {
+            Ok(store.tls_session()?.cipher.clone())
+        })
+    }
+
+    fn client_verify(&mut self) -> HostResult<String> {
+        self.guarded(HostFunction::ClientVerify, String::new, |store| {
+            Ok(store.tls_session()?.client_verify.to_string())
+        })
+    }
+}
+
+impl request::Host for PluginStore {
+    fn method(&mut self) -> HostResult<String> {
+        self.guarded(HostFunction::RequestMethod, String::new, |store| {
+            Ok(store.exchange()?.request.method.clone())
+        })
+    }
+
+    fn path(&mut self) -> HostResult<String> {
+        self.guarded(HostFunction::RequestPath, String::new, |store| {
+            Ok(store.exchange()?.request.path.clone())
+        })
+    }
+
+    fn query(&mut self) -> HostResult<Option<String>> {
+        self.guarded(HostFunction::RequestQuery, String::new, |store| {
+            Ok(store.exchange()?.request.query.clone())
+        })
+    }
+
+    fn header(&mut self, name: String) -> HostResult<Option<String>> {
+        let args = format!("{name:?}");
+        self.guarded(
+            HostFunction::RequestHeader,
+            || args,
+            |store| Ok(header_get(&store.exchange()?.request.headers, &name)),
+        )
+    }
+
+    fn headers(&mut self) -> HostResult<Vec<(String, String)>> {
+        self.guarded(HostFunction::RequestHeaders, String::new, |store| {
+            Ok(header_list(&store.exchange()?.request.headers))
+        })
+    }
+
+    fn set_header(&mut self, name: String, value: String) -> HostResult<()> {
+        let args = format!("{name:?}, {}", shorten(&format!("{value:?}")));
+        self.guarded(
+            HostFunction::SetRequestHeader,
+            || args,
+            |store| {
+                let (name, value) = (header_name(&name)?, header_value(&value)?);
+                store.exchange()?.request.headers.insert(name, value);
+                Ok(())
+            },
+        )
+    }
+
+    fn remove_header(&mut self, name: String) -> HostResult<()> {
+        let args = format!("{name:?}");
+        self.guarded(
+            HostFunction::RemoveRequestHeader,
+            || args,
+            |store| {
+                let name = header_name(&name)?;
+                store.exchange()?.request.headers.remove(name);
+                Ok(())
+            },
+        )
+    }
+}
+
+impl response::Host for PluginStore {
+    fn exit(
+        &mut self,
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> HostResult<()> {
+        let args = format!("{status}, {headers:?}, <{} bytes>", body.len());
+        self.guarded(
+            HostFunction::Exit,
+            || args,
+            |store| {
+                if !(100..=999).contains(&status) {
+                    return Err(invalid(format!("invalid status code: {status}")));
+                }
+                let mut map = HeaderMap::new();
+                for (name, value) in &headers {
+                    map.append(header_name(name)?, header_value(value)?);
+                }
+                store.exchange()?.exit = Some(EarlyResponse {
+                    status,
+                    headers: map,
+                    body,
+                });
+                Ok(())
+            },
+        )
+    }
+
+    fn status(&mut self) -> HostResult<u16> {
+        self.guarded(HostFunction::ResponseStatus, String::new, |store| {
+            Ok(response_head(store)?.status)
+        })
+    }
+
+    fn header(&mut self, name: String) -> HostResult<Option<String>> {
+        let args = format!("{name:?}");
+        self.guarded(
+            HostFunction::ResponseHeader,
+            || args,
+            |store| Ok(header_get(&response_head(store)?.headers, &name)),
+        )
+    }
+
+    fn headers(&mut self) -> HostResult<Vec<(String, String)>> {
+        self.guarded(HostFunction::ResponseHeaders, String::new, |store| {
+            Ok(header_list(&response_head(store)?.headers))
+        })
+    }
+
+    fn set_header(&mut self, name: String, value: String) -> HostResult<()> {
+        let args = format!("{name:?}, {}", shorten(&format!("{value:?}")));
+        self.guarded(
+            HostFunction::SetResponseHeader,
+            || args,
+            |store| {
+                let (name, value) = (header_name(&name)?, header_value(&value)?);
+                response_head(store)?.headers.insert(name, value);
+                Ok(())
+            },
+        )
+    }
+
+    fn remove_header(&mut self, name: String) -> HostResult<()> {
+        let args = format!("{name:?}");
+        self.guarded(
+            HostFunction::RemoveResponseHeader,
+            || args,
+            |store| {
+                let name = header_name(&name)?;
+                response_head(store)?.headers.remove(name);
+                Ok(())
+            },
+        )
+    }
+
+    fn set_body_chunk(&mut self, chunk: Vec<u8>) -> HostResult<()> {
+        let args = format!("<{} bytes>", chunk.len());
+        self.guarded(
+            HostFunction::SetBodyChunk,
+            || args,
+            |store| {
+                store.exchange()?.body_chunk = Some(chunk);
+                Ok(())
+            },
+        )
+    }
+}
+
+fn response_head(store: &mut PluginStore) -> HostResult<&mut crate::exchange::ResponseHead> {
+    store
+        .exchange()?
+        .response
+        .as_mut()
+        .ok_or_else(|| invalid("no response yet"))
+}
+
+impl balancer::Host for PluginStore {
+    fn targets(&mut self) -> HostResult<Vec<String>> {
+        self.guarded(HostFunction::BalancerTargets, String::new, |store| {
+            Ok(store.exchange()?.balancer.targets.to_vec())
+        })
+    }
+
+    fn set_target(&mut self, target: String) -> HostResult<()> {
+        let args = format!("{target:?}");
+        self.guarded(
+            HostFunction::SetTarget,
+            || args,
+            |store| {
+                let valid = target
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !valid {
+                    return Err(invalid(format!(
+                        "invalid target {target:?}: expected host:port"
+                    )));
+                }
+                store.exchange()?.balancer.target = Some(target);
+                Ok(())
+            },
+        )
+    }
+
+    fn attempt(&mut self) -> HostResult<u32> {
+        self.guarded(HostFunction::BalancerAttempt, String::new, |store| {
+            Ok(store.exchange()?.balancer.attempt)
+        })
+    }
+}
+
+impl context::Host for PluginStore {
+    fn get(&mut self, key: String) -> HostResult<Option<String>> {
+        let args = format!("{key:?}");
+        self.guarded(
+            HostFunction::ContextGet,
+            || args,
+            |store| Ok(store.context()?.get(&key).cloned()),
+        )
+    }
+
+    fn set(&mut self, key: String, value: String) -> HostResult<()> {
+        let args = format!("{key:?}, {}", shorten(&format!("{value:?}")));
+        self.guarded(
+            HostFunction::ContextSet,
+            || args,
+            |store| {
+                if key.len() > MAX_CONTEXT_VALUE || value.len() > MAX_CONTEXT_VALUE {
+                    return Err(invalid(format!(
+                        "context entries are limited to {MAX_CONTEXT_VALUE} bytes"
+                    )));
+                }
+                let context = store.context()?;
+                if context.len() >= MAX_CONTEXT_ENTRIES && !context.contains_key(&key) {
+                    return Err(invalid(format!(
+                        "context is limited to {MAX_CONTEXT_ENTRIES} entries"
+                    )));
+                }
+                context.insert(key, value);
+                Ok(())
+            },
+        )
+    }
+}
+
+impl plugin_log::Host for PluginStore {
+    fn log(&mut self, level: LogLevel, message: String) -> HostResult<()> {
+        let args = format!("{level:?}, {message:?}");
+        self.guarded(
+            HostFunction::Log,
+            || args,
+            |store| {
+                let plugin = &*store.plugin;
+                let phase = store.phase.map_or("configure", Phase::name);
+                macro_rules! emit {
+                    ($level:ident) => {
+                        tracing::$level!(target: "tollgate::plugin", plugin, phase, "{message}")
+                    };
+                }
+                match level {
+                    LogLevel::Trace => emit!(trace),
+                    LogLevel::Debug => emit!(debug),
+                    LogLevel::Info => emit!(info),
+                    LogLevel::Warn => emit!(warn),
+                    LogLevel::Error => emit!(error),
+                }
+                Ok(())
+            },
+        )
+    }
+}

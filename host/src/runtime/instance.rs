@@ -1,0 +1,191 @@
+//! One live plugin instance: a fresh store, the plugin configured in it, and calls into it
+//! under the plugin's deadline and memory cap.
+
+use std::sync::Arc;
+
+use tollgate_phases::Phase;
+use wasmtime::{Store, Trap};
+
+use super::Plugin;
+use super::bindings::{self, WitPhase};
+use super::engine::deadline_ticks;
+use super::error::{PluginError, PluginFault, Stage};
+use super::store::{HostCall, PluginStore, Scope, install_limiter};
+
+/// A plugin instance for one connection's certificate phase or one request's phases. After a
+/// failed call it must not be entered again: callers drop it and make a new one if needed.
+pub struct PluginInstance {
+    plugin: Arc<Plugin>,
+    store: Store<PluginStore>,
+    bindings: bindings::Plugin,
+}
+
+impl std::fmt::Debug for PluginInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginInstance")
+            .field("plugin", &self.plugin.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A phase handler's input.
+#[derive(Debug)]
+pub enum PhaseCall<'a> {
+    /// Any phase but body_filter.
+    Plain(Phase),
+    /// A body chunk.
+    BodyFilter {
+        /// The chunk.
+        chunk: &'a [u8],
+        /// Whether it is the last.
+        end_of_stream: bool,
+    },
+}
+
+impl PhaseCall<'_> {
+    fn phase(&self) -> Phase {
+        match self {
+            PhaseCall::Plain(phase) => *phase,
+            PhaseCall::BodyFilter { .. } => Phase::BodyFilter,
+        }
+    }
+}
+
+impl PluginInstance {
+    /// Instantiates `plugin` and hands it its configuration.
+    pub async fn new(plugin: Arc<Plugin>, record_calls: bool) -> Result<Self, PluginError> {
+        let data = PluginStore::new(plugin.name.clone(), plugin.memory_limit, record_calls);
+        let mut store = Store::new(plugin.pre.engine(), data);
+        install_limiter(&mut store);
+        store.set_epoch_deadline(deadline_ticks(plugin.time_limit));
+        let bindings = match plugin.pre.instantiate_async(&mut store).await {
+            Ok(bindings) => bindings,
+            Err(err) => {
+                let fault = classify(&store, &plugin, err, PluginFault::Instantiate);
+                return Err(plugin.error(Stage::Instantiate, fault));
+            }
+        };
+        let mut instance = PluginInstance {
+            plugin,
+            store,
+            bindings,
+        };
+        instance.configure().await?;
+        Ok(instance)
+    }
+
+    async fn configure(&mut self) -> Result<(), PluginError> {
+        self.store.data_mut().phase = None;
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.plugin.time_limit));
+        let result = self
+            .bindings
+            .tollgate_plugin_handler()
+            .call_configure(&mut self.store, &self.plugin.config_json)
+            .await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(self
+                .plugin
+                .error(Stage::Configure, PluginFault::ConfigRejected(message))),
+            Err(err) => {
+                let fault = classify(&self.store, &self.plugin, err, PluginFault::Trap);
+                Err(self.plugin.error(Stage::Configure, fault))
+            }
+        }
+    }
+
+    /// The phases the plugin says it handles.
+    pub async fn declared_phases(&mut self) -> Result<Vec<Phase>, PluginError> {
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.plugin.time_limit));
+        match self
+            .bindings
+            .tollgate_plugin_handler()
+            .call_phases(&mut self.store)
+            .await
+        {
+            Ok(phases) => Ok(phases.into_iter().map(Phase::from).collect()),
+            Err(err) => {
+                let fault = classify(&self.store, &self.plugin, err, PluginFault::Trap);
+                Err(self.plugin.error(Stage::Configure, fault))
+            }
+        }
+    }
+
+    /// Runs one phase handler with `scope` lent to it, and gives `scope` back with the result.
+    pub async fn call(&mut self, call: PhaseCall<'_>, scope: Scope) -> (Scope, Result<(), PluginError>) {
+        let phase = call.phase();
+        {
+            let data = self.store.data_mut();
+            data.phase = Some(phase);
+            data.scope = scope;
+        }
+        self.store
+            .set_epoch_deadline(deadline_ticks(self.plugin.time_limit));
+        let handler = self.bindings.tollgate_plugin_handler();
+        let store = &mut self.store;
+        let result = match call {
+            PhaseCall::Plain(Phase::Certificate) => handler.call_on_certificate(store).await,
+            PhaseCall::Plain(Phase::Rewrite) => handler.call_on_rewrite(store).await,
+            PhaseCall::Plain(Phase::Access) => handler.call_on_access(store).await,
+            PhaseCall::Plain(Phase::Balancer) => handler.call_on_balancer(store).await,
+            PhaseCall::Plain(Phase::HeaderFilter) => handler.call_on_header_filter(store).await,
+            PhaseCall::Plain(Phase::BodyFilter) => {
+                handler.call_on_body_filter(store, &[], true).await
+            }
+            PhaseCall::Plain(Phase::Log) => handler.call_on_log(store).await,
+            PhaseCall::BodyFilter {
+                chunk,
+                end_of_stream,
+            } => handler.call_on_body_filter(store, chunk, end_of_stream).await,
+        };
+        let scope = std::mem::take(&mut self.store.data_mut().scope);
+        let outcome = match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(PluginFault::Failed(message)),
+            Err(err) => Err(classify(&self.store, &self.plugin, err, PluginFault::Trap)),
+        };
+        (
+            scope,
+            outcome.map_err(|fault| self.plugin.error(Stage::Phase(phase), fault)),
+        )
+    }
+
+    /// Takes the host calls recorded so far (when recording was asked for).
+    pub fn take_calls(&mut self) -> Vec<HostCall> {
+        self.store.data_mut().take_calls()
+    }
+}
+
+/// Names what stopped a call: the deadline, the memory cap, or another trap.
+fn classify(
+    store: &Store<PluginStore>,
+    plugin: &Plugin,
+    err: wasmtime::Error,
+    other: fn(String) -> PluginFault,
+) -> PluginFault {
+    if store.data().memory.exceeded() {
+        PluginFault::MemoryLimit(store.data().memory.limit())
+    } else if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        PluginFault::Timeout(plugin.time_limit)
+    } else if let Some(trap) = err.downcast_ref::<Trap>() {
+        other(trap.to_string())
+    } else {
+        other(err.to_string())
+    }
+}
+
+impl From<Phase> for WitPhase {
+    fn from(phase: Phase) -> Self {
+        match phase {
+            Phase::Certificate => WitPhase::Certificate,
+            Phase::Rewrite => WitPhase::Rewrite,
+            Phase::Access => WitPhase::Access,
+            Phase::Balancer => WitPhase::Balancer,
+            Phase::HeaderFilter => WitPhase::HeaderFilter,
+            Phase::BodyFilter => WitPhase::BodyFilter,
+            Phase::Log => WitPhase::Log,
+        }
+    }
+}

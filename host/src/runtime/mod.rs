@@ -1,0 +1,251 @@
+//! The plugin runtime: one engine, plugins compiled once from files, a fresh sandboxed instance
+//! per request (and per connection for the certificate phase).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use tollgate::runtime::{PluginSpec, Runtime};
+//!
+//! let runtime = Runtime::new()?;
+//! let plugin = runtime.load(PluginSpec::new("mtls", "plugins/mtls_auth.wasm")).await?;
+//! println!("{} handles {}", plugin.name(), plugin.phases());
+//! # Ok(()) }
+//! ```
+
+mod bindings;
+pub mod engine;
+mod error;
+mod host_api;
+mod instance;
+mod loader;
+mod output;
+mod store;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tollgate_phases::{Phase, PhaseSet};
+use wasmtime::Engine;
+use wasmtime::component::{Component, HasSelf, Linker};
+
+pub use self::bindings::{HANDLER_EXPORT, WIT_PACKAGE, WIT_VERSION};
+pub use self::engine::{DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_LIMIT, MAX_MEMORY_LIMIT};
+pub use self::error::{LoadError, PluginError, PluginFault, Stage};
+pub use self::host_api::NOT_TLS;
+pub use self::instance::{PhaseCall, PluginInstance};
+pub use self::loader::{WasmKind, componentize, wasm_kind};
+pub use self::store::{HostCall, Scope};
+use self::store::PluginStore;
+
+/// How to load one plugin: its file, its configuration and its limits.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// The instance name used in logs and errors.
+    pub name: String,
+    /// The `.wasm` file.
+    pub path: PathBuf,
+    /// The configuration handed to `configure`, as JSON.
+    pub config: serde_json::Value,
+    /// Cap on each linear memory of an instance.
+    pub memory_limit: usize,
+    /// CPU deadline of each call.
+    pub time_limit: Duration,
+    /// Whether a failure of this plugin is logged and skipped instead of failing the request.
+    pub fail_open: bool,
+}
+
+impl PluginSpec {
+    /// A spec with an empty configuration and default limits.
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        PluginSpec {
+            name: name.into(),
+            path: path.into(),
+            config: serde_json::Value::Object(Default::default()),
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            time_limit: DEFAULT_TIME_LIMIT,
+            fail_open: false,
+        }
+    }
+
+    /// The same spec with `config`.
+    pub fn with_config(mut self, config: serde_json::Value) -> Self {
+        self.config = config;
+        self
+    }
+}
+
+/// A loaded plugin, ready to be instantiated.
+pub struct Plugin {
+    name: Arc<str>,
+    path: PathBuf,
+    config_json: String,
+    memory_limit: usize,
+    time_limit: Duration,
+    fail_open: bool,
+    phases: PhaseSet,
+    pre: bindings::PluginPre<PluginStore>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("phases", &self.phases)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// The instance name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The phases the plugin handles.
+    pub fn phases(&self) -> PhaseSet {
+        self.phases
+    }
+
+    /// Whether the plugin handles `phase`.
+    pub fn handles(&self, phase: Phase) -> bool {
+        self.phases.contains(phase)
+    }
+
+    /// Whether failures are skipped instead of failing the request.
+    pub fn fail_open(&self) -> bool {
+        self.fail_open
+    }
+
+    /// A fresh, configured instance.
+    pub async fn instantiate(self: &Arc<Self>, record_calls: bool) -> Result<PluginInstance, PluginError> {
+        PluginInstance::new(self.clone(), record_calls).await
+    }
+
+    fn error(&self, stage: Stage, fault: PluginFault) -> PluginError {
+        PluginError {
+            plugin: self.name.to_string(),
+            stage,
+            fault,
+        }
+    }
+}
+
+/// The process's plugin runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<PluginStore>,
+    /// Compiled components by file, so a file used by several plugin entries compiles once.
+    components: Mutex<HashMap<PathBuf, Component>>,
+    _ticker: engine::EpochTicker,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+/// The runtime could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the plugin runtime: {0}")]
+pub struct RuntimeError(String);
+
+impl Runtime {
+    /// Starts the engine, its epoch ticker and the sandbox's linker.
+    pub fn new() -> Result<Runtime, RuntimeError> {
+        let engine = engine::build_engine().map_err(|err| RuntimeError(format!("{err:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .and_then(|()| {
+                bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |store| store)
+            })
+            .map_err(|err| RuntimeError(format!("{err:#}")))?;
+        let ticker = engine::EpochTicker::start(&engine)
+            .map_err(|err| RuntimeError(format!("epoch thread: {err}")))?;
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                components: Mutex::new(HashMap::new()),
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Loads a plugin: compiles (or reuses) its component, links it against the sandbox, then
+    /// instantiates it once to validate its configuration and learn its phases.
+    pub async fn load(&self, spec: PluginSpec) -> Result<Arc<Plugin>, LoadError> {
+        let component = self.component(&spec.path)?;
+        let instance_pre =
+            self.inner
+                .linker
+                .instantiate_pre(&component)
+                .map_err(|err| LoadError::Link {
+                    path: spec.path.clone(),
+                    reason: format!("{err:#}"),
+                })?;
+        let pre = bindings::PluginPre::new(instance_pre).map_err(|err| LoadError::Link {
+            path: spec.path.clone(),
+            reason: format!("{err:#}"),
+        })?;
+        let plugin = Arc::new(Plugin {
+            name: spec.name.as_str().into(),
+            path: spec.path.clone(),
+            config_json: spec.config.to_string(),
+            memory_limit: spec.memory_limit.min(MAX_MEMORY_LIMIT),
+            time_limit: spec.time_limit,
+            fail_open: spec.fail_open,
+            phases: PhaseSet::EMPTY,
+            pre,
+        });
+        // One instance validates the configuration and says which phases the plugin handles.
+        let probe = async {
+            let mut instance = plugin.instantiate(false).await?;
+            instance.declared_phases().await
+        };
+        let phases = probe.await.map_err(|source| LoadError::Setup {
+            name: spec.name.clone(),
+            path: spec.path.clone(),
+            source,
+        })?;
+        // The probe instance is gone, so this is the only reference.
+        let mut plugin = Arc::into_inner(plugin).expect("probe instance dropped");
+        plugin.phases = phases.into_iter().collect();
+        Ok(Arc::new(plugin))
+    }
+
+    fn component(&self, path: &Path) -> Result<Component, LoadError> {
+        let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        if let Some(component) = self.lock_components().get(&key) {
+            return Ok(component.clone());
+        }
+        let component = loader::compile(&self.inner.engine, path)?;
+        self.lock_components().insert(key, component.clone());
+        Ok(component)
+    }
+
+    fn lock_components(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Component>> {
+        // The map holds only finished components; a panic elsewhere cannot leave it half-written.
+        self.inner
+            .components
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

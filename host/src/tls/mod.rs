@@ -1,0 +1,51 @@
+//! TLS termination for client connections: everything the gateway needs to know about, and
+//! decide for, the client's TLS handshake.
+//!
+//! - [`listener`]: a listener's certificates (picked by SNI) and one `rustls::ServerConfig` per
+//!   distinct [`TlsPolicy`]. A policy is what the `certificate` phase decided for a connection;
+//!   configs are built once per policy and reused because each one carries its own session cache
+//!   and ticket key, and building a config per connection would throw resumption away.
+//! - [`acceptor`]: reads the ClientHello, runs the certificate phase, finishes the handshake under
+//!   the listener's deadline and reports the [`TlsFacts`] the request phases and the log need.
+//! - `verifier` (private): client certificates are *requested, never required*, and chain problems
+//!   never fail the handshake (only a bad CertificateVerify signature does); the chain is checked
+//!   afterwards by [`verify_client_chain`], which gives nginx/OpenSSL-style `client_verify` values.
+//! - [`verify`]: trust anchors, that chain check, and the `set_client_verify` value rule.
+//! - [`pem`]: PEM in and out; the chain format of `get_full_client_certificate_chain`.
+//! - [`names`]: OpenSSL's names of protocol versions and cipher suites, as logged.
+
+pub mod acceptor;
+pub mod listener;
+pub mod names;
+pub mod pem;
+pub mod policy;
+pub mod verify;
+
+mod verifier;
+
+#[cfg(test)]
+mod test_pki;
+
+use std::sync::{Arc, OnceLock};
+
+use rustls::crypto::CryptoProvider;
+
+pub use acceptor::{ClientHelloInfo, HandshakeError, TlsFacts, accept};
+pub use listener::{ListenerTls, ServerCertificate, TlsError};
+pub use names::{cipher_name, protocol_name};
+pub use pem::{PemError, encode_chain, parse_certificates, parse_private_key};
+pub use policy::TlsPolicy;
+pub use verify::{
+    ClientVerify, InvalidClientVerify, TrustAnchors, parse_override, verify_client_chain,
+};
+
+/// The one crypto provider (ring) used by every config, verifier and signature check here.
+///
+/// Kept local rather than installed as the process default so this module never depends on
+/// start-up order.
+fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
