@@ -14,6 +14,7 @@ pub mod log;
 pub mod pipeline;
 pub mod proxy;
 pub mod runtime;
+pub mod testing;
 pub mod tls;
 
 pub use tollgate_phases::{HostFunction, Phase, PhaseSet};

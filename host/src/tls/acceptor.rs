@@ -13,7 +13,7 @@ use tokio_rustls::server::TlsStream;
 use super::listener::ListenerTls;
 use super::names::{cipher_name, protocol_name};
 use super::policy::TlsPolicy;
-use super::verify::{ClientVerify, verify_client_chain};
+use super::verify::{ClientVerify, TrustAnchors, verify_client_chain};
 
 /// What the `certificate` phase sees of the ClientHello.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -91,7 +91,7 @@ pub async fn accept<F, E>(
     certificate_phase: F,
 ) -> Result<(TlsStream<TcpStream>, TlsFacts), HandshakeError>
 where
-    F: FnOnce(&ClientHelloInfo) -> Result<TlsPolicy, E>,
+    F: AsyncFnOnce(&ClientHelloInfo) -> Result<TlsPolicy, E>,
     E: std::fmt::Display,
 {
     let handshake = async {
@@ -105,6 +105,7 @@ where
                 .unwrap_or_default(),
         };
         let policy = certificate_phase(&info)
+            .await
             .map_err(|e| HandshakeError::CertificatePhase(e.to_string()))?;
         let config = listener.config_for(&policy)?;
         let stream = start.into_stream(config).await?;
@@ -115,24 +116,8 @@ where
         .map_err(|_| HandshakeError::Timeout)??;
 
     let conn = stream.get_ref().1;
-    // A resumed session carries the chain of the handshake that made it; report it only when
-    // this connection's policy asked for a certificate.
-    let client_chain = conn
-        .peer_certificates()
-        .filter(|chain| policy.request_client_certificate && !chain.is_empty())
-        .map(|chain| {
-            chain
-                .iter()
-                .map(|c| c.clone().into_owned())
-                .collect::<Vec<_>>()
-        });
-    let client_verify = match &client_chain {
-        Some(chain) => {
-            let anchors = policy.ca_certs.as_ref().or(listener.client_ca());
-            verify_client_chain(chain, anchors, UnixTime::now())
-        }
-        None => ClientVerify::None,
-    };
+    let (client_chain, client_verify) =
+        client_identity(&policy, conn.peer_certificates(), listener.client_ca());
     let facts = TlsFacts {
         sni: conn.server_name().map(str::to_owned).or(info.sni),
         version: conn.protocol_version().map_or("unknown", protocol_name),
@@ -145,6 +130,30 @@ where
         policy,
     };
     Ok((stream, facts))
+}
+
+/// The client chain a connection reports and its `client_verify`, from what the client presented
+/// and what the policy asked for. The offline harness uses this too, so both agree.
+///
+/// A resumed session carries the chain of the handshake that made it; it is reported only when
+/// this connection's policy asked for a certificate. The chain is verified against the policy's
+/// `ca_certs`, else the listener's client CA bundle.
+pub fn client_identity(
+    policy: &TlsPolicy,
+    presented: Option<&[CertificateDer<'_>]>,
+    listener_client_ca: Option<&TrustAnchors>,
+) -> (Option<Vec<CertificateDer<'static>>>, ClientVerify) {
+    let client_chain = presented
+        .filter(|chain| policy.request_client_certificate && !chain.is_empty())
+        .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>());
+    let client_verify = match &client_chain {
+        Some(chain) => {
+            let anchors = policy.ca_certs.as_ref().or(listener_client_ca);
+            verify_client_chain(chain, anchors, UnixTime::now())
+        }
+        None => ClientVerify::None,
+    };
+    (client_chain, client_verify)
 }
 
 #[cfg(test)]
@@ -216,7 +225,7 @@ mod tests {
             let (tcp, _) = self.tcp.accept().await.unwrap();
             tokio::spawn(async move {
                 let (mut stream, facts) =
-                    accept(&listener, tcp, |_| Ok::<_, Infallible>(policy)).await?;
+                    accept(&listener, tcp, async |_| Ok::<_, Infallible>(policy)).await?;
                 stream.write_all(b"ok").await?;
                 stream.shutdown().await?;
                 Ok(facts)
@@ -473,7 +482,7 @@ mod tests {
         });
         let (tcp, _) = s.tcp.accept().await.unwrap();
         let mut seen = None;
-        let result = accept(&s.listener, tcp, |hello| {
+        let result = accept(&s.listener, tcp, async |hello| {
             seen = Some(hello.clone());
             Err::<TlsPolicy, _>("plugin trapped")
         })
@@ -495,7 +504,7 @@ mod tests {
         let _silent = TcpStream::connect(addr).await.unwrap();
         let (tcp, _) = s.tcp.accept().await.unwrap();
         let started = tokio::time::Instant::now();
-        let result = accept(&s.listener, tcp, |_| {
+        let result = accept(&s.listener, tcp, async |_| {
             Ok::<_, Infallible>(TlsPolicy::default())
         })
         .await;
@@ -515,7 +524,7 @@ mod tests {
             let mut client = TcpStream::connect(addr).await.unwrap();
             client.write_all(garbage).await.unwrap();
             let (tcp, _) = s.tcp.accept().await.unwrap();
-            let result = accept(&s.listener, tcp, |_| {
+            let result = accept(&s.listener, tcp, async |_| {
                 Ok::<_, Infallible>(TlsPolicy::default())
             })
             .await;
@@ -532,7 +541,7 @@ mod tests {
         let addr = s.tcp.local_addr().unwrap();
         drop(TcpStream::connect(addr).await.unwrap());
         let (tcp, _) = s.tcp.accept().await.unwrap();
-        let result = accept(&s.listener, tcp, |_| {
+        let result = accept(&s.listener, tcp, async |_| {
             Ok::<_, Infallible>(TlsPolicy::default())
         })
         .await;

@@ -30,7 +30,7 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
 
-pub use acceptor::{ClientHelloInfo, HandshakeError, TlsFacts, accept};
+pub use acceptor::{ClientHelloInfo, HandshakeError, TlsFacts, accept, client_identity};
 pub use listener::{ListenerTls, ServerCertificate, TlsError};
 pub use names::{cipher_name, protocol_name};
 pub use pem::{PemError, encode_chain, parse_certificates, parse_private_key};
