@@ -11,10 +11,10 @@ pub mod bindings {
     });
 }
 
-#[cfg(target_arch = "wasm32")]
-use bindings::tollgate::plugin as host;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::mock::host;
+#[cfg(target_arch = "wasm32")]
+use bindings::tollgate::plugin as host;
 
 use crate::Error;
 use bindings::tollgate::plugin::types::Error as HostError;
@@ -56,6 +56,14 @@ pub mod client_tls {
     /// `FAILED:<reason>`. Phases: rewrite, access, balancer.
     pub fn set_client_verify(value: &str) -> Result<(), Error> {
         lift(host::client_tls::set_client_verify(value))
+    }
+
+    /// Verifies the client's chain against `ca_certs` (PEM) with the gateway's verifier and
+    /// clock: `NONE`, `SUCCESS` or `FAILED:<reason>`, as `connection::client_verify` words it.
+    /// Sends nothing to the client. Phases: rewrite, access, balancer, header_filter,
+    /// body_filter, log.
+    pub fn verify_client_chain(ca_certs: &str) -> Result<String, Error> {
+        lift(host::client_tls::verify_client_chain(ca_certs))
     }
 }
 
@@ -214,8 +222,8 @@ pub mod context {
 /// The gateway's log, tagged with the plugin and phase. Logging never fails a plugin: errors are
 /// dropped.
 pub mod log {
-    use super::host;
     pub use super::bindings::tollgate::plugin::types::LogLevel as Level;
+    use super::host;
 
     /// Writes `message` at `level`.
     pub fn log(level: Level, message: &str) {

@@ -215,7 +215,7 @@ macro_rules! export_plugin {
                 }
             }
 
-            $crate::__private::export!(TollgateExport with_types_in $crate::__private::bindings);
+    $crate::__private::export!(TollgateExport with_types_in $crate::__private::bindings);
         };
     };
 }
@@ -227,8 +227,8 @@ pub mod __private {
     use std::cell::RefCell;
 
     pub use crate::api::bindings;
-    pub use crate::api::bindings::exports::tollgate::plugin::handler::Guest;
     pub use crate::api::bindings::export;
+    pub use crate::api::bindings::exports::tollgate::plugin::handler::Guest;
     pub use crate::api::bindings::tollgate::plugin::types::Phase as WitPhase;
     use crate::{Phase, Plugin};
 

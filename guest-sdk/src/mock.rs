@@ -48,6 +48,9 @@ impl MockTls {
     }
 }
 
+/// A response a plugin gave with `response::exit`: status, headers, body.
+pub type MockExit = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// The gateway as a plugin sees it: set the inputs, call the plugin, read the outputs.
 #[derive(Debug, Clone)]
 pub struct MockHost {
@@ -84,14 +87,17 @@ pub struct MockHost {
     pub session_reuse_disabled: bool,
     /// Output: the last `set_client_verify` value.
     pub client_verify_override: Option<String>,
-    /// Output: the response given with `exit`.
-    pub exit: Option<(u16, Vec<(String, String)>, Vec<u8>)>,
+    /// Output: the response given with `exit`: status, headers, body.
+    pub exit: Option<MockExit>,
     /// Output: the target chosen with `set_target`.
     pub chosen_target: Option<String>,
     /// Output: the replacement body chunk.
     pub body_chunk: Option<Vec<u8>>,
     /// Output: log lines.
     pub logs: Vec<(LogLevel, String)>,
+    /// What `verify_client_chain` answers (the mock does no cryptography): the given CA PEM
+    /// and the answer. Unlisted CA sets answer `FAILED:unable to get local issuer certificate`.
+    pub chain_verification: Vec<(String, String)>,
 }
 
 impl Default for MockHost {
@@ -117,6 +123,7 @@ impl Default for MockHost {
             chosen_target: None,
             body_chunk: None,
             logs: Vec::new(),
+            chain_verification: Vec::new(),
         }
     }
 }
@@ -194,12 +201,12 @@ pub(crate) mod host {
 
         pub fn request_client_certificate(ca_certs: Option<&str>) -> Result<(), HostError> {
             call(HostFunction::RequestClientCertificate, |host| {
-                if let Some(pem) = ca_certs {
-                    if !pem.contains("-----BEGIN CERTIFICATE-----") {
-                        return Err(HostError::InvalidArgument(
-                            "invalid ca_certs: no certificate found".into(),
-                        ));
-                    }
+                if let Some(pem) = ca_certs
+                    && !pem.contains("-----BEGIN CERTIFICATE-----")
+                {
+                    return Err(HostError::InvalidArgument(
+                        "invalid ca_certs: no certificate found".into(),
+                    ));
                 }
                 host.client_certificate_requested = Some(ca_certs.map(str::to_string));
                 Ok(())
@@ -216,6 +223,22 @@ pub(crate) mod host {
         pub fn get_full_client_certificate_chain() -> Result<Option<String>, HostError> {
             call(HostFunction::GetFullClientCertificateChain, |host| {
                 Ok(tls(host)?.client_chain_pem.clone())
+            })
+        }
+
+        pub fn verify_client_chain(ca_certs: &str) -> Result<String, HostError> {
+            call(HostFunction::VerifyClientChain, |host| {
+                if tls(host)?.client_chain_pem.is_none() {
+                    return Ok("NONE".into());
+                }
+                Ok(host
+                    .chain_verification
+                    .iter()
+                    .find(|(cas, _)| cas == ca_certs)
+                    .map_or_else(
+                        || "FAILED:unable to get local issuer certificate".into(),
+                        |(_, answer)| answer.clone(),
+                    ))
             })
         }
 
@@ -239,10 +262,14 @@ pub(crate) mod host {
             call(HostFunction::IsTls, |host| Ok(host.tls.is_some()))
         }
         pub fn client_address() -> Result<String, HostError> {
-            call(HostFunction::ClientAddress, |host| Ok(host.client_address.clone()))
+            call(HostFunction::ClientAddress, |host| {
+                Ok(host.client_address.clone())
+            })
         }
         pub fn tls_version() -> Result<String, HostError> {
-            call(HostFunction::TlsVersion, |host| Ok(tls(host)?.version.clone()))
+            call(HostFunction::TlsVersion, |host| {
+                Ok(tls(host)?.version.clone())
+            })
         }
         pub fn cipher() -> Result<String, HostError> {
             call(HostFunction::Cipher, |host| Ok(tls(host)?.cipher.clone()))
@@ -267,10 +294,14 @@ pub(crate) mod host {
             call(HostFunction::RequestQuery, |host| Ok(host.query.clone()))
         }
         pub fn header(name: &str) -> Result<Option<String>, HostError> {
-            call(HostFunction::RequestHeader, |host| Ok(host.request_header(name)))
+            call(HostFunction::RequestHeader, |host| {
+                Ok(host.request_header(name))
+            })
         }
         pub fn headers() -> Result<Vec<(String, String)>, HostError> {
-            call(HostFunction::RequestHeaders, |host| Ok(host.request_headers.clone()))
+            call(HostFunction::RequestHeaders, |host| {
+                Ok(host.request_headers.clone())
+            })
         }
         pub fn set_header(name: &str, value: &str) -> Result<(), HostError> {
             call(HostFunction::SetRequestHeader, |host| {
@@ -289,20 +320,31 @@ pub(crate) mod host {
     pub mod response {
         use super::*;
 
-        pub fn exit(status: u16, headers: &[(String, String)], body: &[u8]) -> Result<(), HostError> {
+        pub fn exit(
+            status: u16,
+            headers: &[(String, String)],
+            body: &[u8],
+        ) -> Result<(), HostError> {
             call(HostFunction::Exit, |host| {
                 host.exit = Some((status, headers.to_vec(), body.to_vec()));
                 Ok(())
             })
         }
         pub fn status() -> Result<u16, HostError> {
-            call(HostFunction::ResponseStatus, |host| Ok(host.response_status))
+            call(
+                HostFunction::ResponseStatus,
+                |host| Ok(host.response_status),
+            )
         }
         pub fn header(name: &str) -> Result<Option<String>, HostError> {
-            call(HostFunction::ResponseHeader, |host| Ok(host.response_header(name)))
+            call(HostFunction::ResponseHeader, |host| {
+                Ok(host.response_header(name))
+            })
         }
         pub fn headers() -> Result<Vec<(String, String)>, HostError> {
-            call(HostFunction::ResponseHeaders, |host| Ok(host.response_headers.clone()))
+            call(HostFunction::ResponseHeaders, |host| {
+                Ok(host.response_headers.clone())
+            })
         }
         pub fn set_header(name: &str, value: &str) -> Result<(), HostError> {
             call(HostFunction::SetResponseHeader, |host| {
@@ -328,7 +370,9 @@ pub(crate) mod host {
         use super::*;
 
         pub fn targets() -> Result<Vec<String>, HostError> {
-            call(HostFunction::BalancerTargets, |host| Ok(host.targets.clone()))
+            call(HostFunction::BalancerTargets, |host| {
+                Ok(host.targets.clone())
+            })
         }
         pub fn set_target(target: &str) -> Result<(), HostError> {
             call(HostFunction::SetTarget, |host| {
@@ -345,7 +389,9 @@ pub(crate) mod host {
         use super::*;
 
         pub fn get(key: &str) -> Result<Option<String>, HostError> {
-            call(HostFunction::ContextGet, |host| Ok(host.context.get(key).cloned()))
+            call(HostFunction::ContextGet, |host| {
+                Ok(host.context.get(key).cloned())
+            })
         }
         pub fn set(key: &str, value: &str) -> Result<(), HostError> {
             call(HostFunction::ContextSet, |host| {

@@ -1,9 +1,17 @@
 //! The `tollgate` command: run the gateway, check a config, test a plugin offline.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tollgate::config::Config;
+use tollgate::gateway::{
+    self, Gateway,
+    demo::{self, DemoPki},
+};
+use tollgate::runtime::Runtime;
 
 /// A TLS-terminating HTTP gateway extended by sandboxed WebAssembly plugins.
 #[derive(Debug, Parser)]
@@ -15,6 +23,34 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the gateway.
+    Run {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file and load its plugins and certificates, without listening;
+    /// prints every problem with file, line and field.
+    Check {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the demo: demo certificates, the built-in echo upstream, the example plugins.
+    Demo {
+        /// Where the example plugins (.wasm) are.
+        #[arg(long)]
+        plugins: PathBuf,
+        /// Where demo certificates, the config and the access log go.
+        #[arg(long, default_value = "demo-data")]
+        dir: PathBuf,
+        /// The HTTPS listener's address.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        https: std::net::SocketAddr,
+        /// The plaintext listener's address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: std::net::SocketAddr,
+    },
     /// Run a plugin offline against a scenario file and print a report; exits 1 when an
     /// expectation fails.
     Test {
@@ -23,6 +59,82 @@ enum Command {
         /// The scenario file (TOML).
         scenario: PathBuf,
     },
+}
+
+async fn load_config(path: &Path) -> anyhow::Result<Option<Config>> {
+    match Config::load(path) {
+        Ok(config) => Ok(Some(config)),
+        Err(err) => {
+            eprintln!("{err}");
+            Ok(None)
+        }
+    }
+}
+
+async fn check(path: &Path) -> anyhow::Result<bool> {
+    let Some(config) = load_config(path).await? else {
+        return Ok(false);
+    };
+    let runtime = Runtime::new()?;
+    match Gateway::prepare(&config, &runtime).await {
+        Ok(_) => {
+            println!(
+                "{}: ok ({} listeners, {} services, {} routes, {} plugins)",
+                path.display(),
+                config.listeners.len(),
+                config.services.len(),
+                config.routes.len(),
+                config.plugins.len()
+            );
+            Ok(true)
+        }
+        Err(err) => {
+            eprintln!("{}: {err}", path.display());
+            Ok(false)
+        }
+    }
+}
+
+async fn serve(config: &Config) -> anyhow::Result<bool> {
+    let runtime = Runtime::new()?;
+    let gateway = Gateway::build(config, &runtime).await?;
+    for (name, addr) in gateway.local_addrs() {
+        tracing::info!(listener = %name, %addr, "listening");
+    }
+    let shutdown = CancellationToken::new();
+    gateway::cancel_on_signal(shutdown.clone());
+    gateway.serve(shutdown).await;
+    Ok(true)
+}
+
+async fn run(path: &Path) -> anyhow::Result<bool> {
+    let Some(config) = load_config(path).await? else {
+        return Ok(false);
+    };
+    serve(&config).await
+}
+
+async fn demo(
+    plugins: &Path,
+    dir: &Path,
+    https: SocketAddr,
+    http: SocketAddr,
+) -> anyhow::Result<bool> {
+    let dir = std::path::absolute(dir)?;
+    let plugins = std::path::absolute(plugins)?;
+    let pki = DemoPki::ensure(&dir)?;
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let upstream = echo.local_addr()?;
+    tokio::spawn(tollgate::proxy::echo::serve_echo(
+        echo,
+        std::future::pending(),
+    ));
+    let config_path = demo::write_config(&dir, &plugins, &pki, upstream, https, http)?;
+    let Some(config) = load_config(&config_path).await? else {
+        return Ok(false);
+    };
+    println!("{}", demo::instructions(&pki, https, http, &config_path));
+    serve(&config).await
 }
 
 fn init_tracing() {
@@ -46,6 +158,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Run { config } => run(&config).await,
+            Command::Check { config } => check(&config).await,
+            Command::Demo {
+                plugins,
+                dir,
+                https,
+                http,
+            } => demo(&plugins, &dir, https, http).await,
             Command::Test { plugin, scenario } => {
                 tollgate::testing::run_command(&plugin, &scenario).await
             }

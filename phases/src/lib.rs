@@ -173,6 +173,8 @@ pub enum HostFunction {
     GetFullClientCertificateChain,
     /// `client-tls.set-client-verify`
     SetClientVerify,
+    /// `client-tls.verify-client-chain`
+    VerifyClientChain,
     // connection
     /// `connection.sni`
     Sni,
@@ -242,11 +244,12 @@ const RESPONSE: PhaseSet = PhaseSet::of(&[HeaderFilter, BodyFilter, Log]);
 
 impl HostFunction {
     /// Every host function, in WIT order.
-    pub const ALL: [HostFunction; 30] = [
+    pub const ALL: [HostFunction; 31] = [
         HostFunction::RequestClientCertificate,
         HostFunction::DisableSessionReuse,
         HostFunction::GetFullClientCertificateChain,
         HostFunction::SetClientVerify,
+        HostFunction::VerifyClientChain,
         HostFunction::Sni,
         HostFunction::IsTls,
         HostFunction::ClientAddress,
@@ -283,7 +286,9 @@ impl HostFunction {
             HostFunction::RequestClientCertificate | HostFunction::DisableSessionReuse => {
                 PhaseSet::of(&[Certificate])
             }
-            HostFunction::GetFullClientCertificateChain => PhaseSet::REQUEST,
+            HostFunction::GetFullClientCertificateChain | HostFunction::VerifyClientChain => {
+                PhaseSet::REQUEST
+            }
             HostFunction::SetClientVerify => PhaseSet::of(&[Rewrite, Access, Balancer]),
 
             HostFunction::Sni | HostFunction::IsTls | HostFunction::ClientAddress => PhaseSet::ALL,
@@ -328,6 +333,7 @@ impl HostFunction {
                 "client-tls.get-full-client-certificate-chain"
             }
             HostFunction::SetClientVerify => "client-tls.set-client-verify",
+            HostFunction::VerifyClientChain => "client-tls.verify-client-chain",
             HostFunction::Sni => "connection.sni",
             HostFunction::IsTls => "connection.is-tls",
             HostFunction::ClientAddress => "connection.client-address",
@@ -453,7 +459,11 @@ mod tests {
             (HostFunction::SetClientVerify, &[Rewrite, Access, Balancer]),
         ];
         for (function, phases) in expected {
-            assert_eq!(function.allowed_phases(), PhaseSet::of(phases), "{function:?}");
+            assert_eq!(
+                function.allowed_phases(),
+                PhaseSet::of(phases),
+                "{function:?}"
+            );
         }
     }
 
@@ -463,7 +473,11 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), HostFunction::ALL.len());
-        assert!(HostFunction::ALL.iter().all(|f| !f.allowed_phases().is_empty()));
+        assert!(
+            HostFunction::ALL
+                .iter()
+                .all(|f| !f.allowed_phases().is_empty())
+        );
     }
 
     #[test]

@@ -1,0 +1,228 @@
+//! Kong's `tls-metadata-headers` as a Tollgate plugin: forwards the client certificate to the
+//! upstream in request headers (URL-encoded PEM of the leaf and of the whole chain, serial number,
+//! issuer and subject DN, SHA-1 fingerprint), like nginx's `$ssl_client_*` variables.
+//!
+//! It does not ask for a certificate itself: pair it with `tls-handshake-modifier` (forward
+//! whatever the client sent) or `mtls-auth` (forward only authenticated clients).
+
+#[path = "../../mtls-auth/src/dn.rs"]
+pub mod dn;
+
+use std::fmt::Write;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
+use sha1::{Digest, Sha1};
+use tollgate_sdk::{Error, Phase, PhaseResult, Plugin, client_tls, log, request};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::pem::Pem;
+use x509_parser::prelude::FromDer;
+
+/// RFC 3986's unreserved characters stay, everything else is `%XX` (as `ngx.escape_uri` and
+/// nginx's `$ssl_client_escaped_cert` do for PEM).
+const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+const END_MARKER: &str = "-----END CERTIFICATE-----";
+
+/// The header names, as configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The leaf, URL-encoded PEM.
+    pub client_cert_header_name: String,
+    /// The whole chain as the client sent it, URL-encoded PEM.
+    pub client_cert_chain_header_name: String,
+    /// The leaf's serial number, upper-case hex.
+    pub client_serial_header_name: String,
+    /// The leaf's issuer DN.
+    pub client_cert_issuer_dn_header_name: String,
+    /// The leaf's subject DN.
+    pub client_cert_subject_dn_header_name: String,
+    /// SHA-1 of the leaf's DER, lower-case hex.
+    pub client_cert_fingerprint_header_name: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            client_cert_header_name: "X-Client-Cert".into(),
+            client_cert_chain_header_name: "X-Client-Cert-Chain".into(),
+            client_serial_header_name: "X-Client-Cert-Serial".into(),
+            client_cert_issuer_dn_header_name: "X-Client-Cert-Issuer-DN".into(),
+            client_cert_subject_dn_header_name: "X-Client-Cert-Subject-DN".into(),
+            client_cert_fingerprint_header_name: "X-Client-Cert-Fingerprint".into(),
+        }
+    }
+}
+
+impl Config {
+    fn names(&self) -> [(&'static str, &str); 6] {
+        [
+            ("client_cert_header_name", &self.client_cert_header_name),
+            (
+                "client_cert_chain_header_name",
+                &self.client_cert_chain_header_name,
+            ),
+            ("client_serial_header_name", &self.client_serial_header_name),
+            (
+                "client_cert_issuer_dn_header_name",
+                &self.client_cert_issuer_dn_header_name,
+            ),
+            (
+                "client_cert_subject_dn_header_name",
+                &self.client_cert_subject_dn_header_name,
+            ),
+            (
+                "client_cert_fingerprint_header_name",
+                &self.client_cert_fingerprint_header_name,
+            ),
+        ]
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let names = self.names();
+        for (i, (field, name)) in names.iter().enumerate() {
+            if !is_token(name) {
+                return Err(format!("{field}: {name:?} is not a valid header name"));
+            }
+            if let Some((other, _)) = names[..i]
+                .iter()
+                .find(|(_, n)| n.eq_ignore_ascii_case(name))
+            {
+                return Err(format!("{field}: {name:?} is already used by {other}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// RFC 9110 `token`.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Forwards the client certificate's details upstream.
+#[derive(Debug)]
+pub struct TlsMetadataHeaders {
+    config: Config,
+}
+
+impl Plugin for TlsMetadataHeaders {
+    const PHASES: &'static [Phase] = &[Phase::Access];
+
+    fn configure(config: &str) -> Result<Self, String> {
+        let config: Config = serde_json::from_str(config)
+            .map_err(|err| format!("invalid tls-metadata-headers configuration: {err}"))?;
+        config
+            .check()
+            .map_err(|err| format!("invalid tls-metadata-headers configuration: {err}"))?;
+        Ok(TlsMetadataHeaders { config })
+    }
+
+    fn access(&self) -> PhaseResult {
+        // What the upstream gets in these headers comes from the TLS connection, never the client.
+        for (_, name) in self.config.names() {
+            request::remove_header(name)?;
+        }
+        let chain = match client_tls::get_full_client_certificate_chain() {
+            Ok(Some(chain)) => chain,
+            Ok(None) => {
+                log::info(
+                    "no client certificate (none requested, or none sent): nothing forwarded",
+                );
+                return Ok(());
+            }
+            Err(Error::NotTls) => {
+                log::info("connection is not TLS: no client certificate forwarded");
+                return Ok(());
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let Some(metadata) = Metadata::of(&chain) else {
+            log::warn("client certificate cannot be parsed: nothing forwarded");
+            return Ok(());
+        };
+        let c = &self.config;
+        request::set_header(&c.client_cert_header_name, &url_encode(metadata.leaf_pem))?;
+        request::set_header(&c.client_cert_chain_header_name, &url_encode(&chain))?;
+        request::set_header(&c.client_serial_header_name, &metadata.serial)?;
+        request::set_header(&c.client_cert_issuer_dn_header_name, &metadata.issuer_dn)?;
+        request::set_header(&c.client_cert_subject_dn_header_name, &metadata.subject_dn)?;
+        request::set_header(
+            &c.client_cert_fingerprint_header_name,
+            &metadata.fingerprint,
+        )?;
+        Ok(())
+    }
+}
+
+tollgate_sdk::export_plugin!(TlsMetadataHeaders);
+
+/// What is forwarded about the leaf.
+#[derive(Debug, PartialEq, Eq)]
+struct Metadata<'a> {
+    leaf_pem: &'a str,
+    serial: String,
+    issuer_dn: String,
+    subject_dn: String,
+    fingerprint: String,
+}
+
+impl<'a> Metadata<'a> {
+    /// Reads the leaf, the first certificate of the chain's PEM.
+    fn of(chain: &'a str) -> Option<Self> {
+        let end = chain.find(END_MARKER)? + END_MARKER.len();
+        let end = if chain[end..].starts_with('\n') {
+            end + 1
+        } else {
+            end
+        };
+        let leaf_pem = &chain[..end];
+        let der = Pem::iter_from_buffer(leaf_pem.as_bytes())
+            .next()?
+            .ok()?
+            .contents;
+        let (_, leaf) = X509Certificate::from_der(&der).ok()?;
+        Some(Metadata {
+            leaf_pem,
+            serial: serial(leaf.raw_serial()),
+            issuer_dn: dn::rfc4514(leaf.issuer()),
+            subject_dn: dn::rfc4514(leaf.subject()),
+            fingerprint: hex_lower(&Sha1::digest(&der)),
+        })
+    }
+}
+
+/// nginx's `$ssl_client_serial`: the integer's bytes in upper-case hex, without DER's leading
+/// zero byte (the sign padding).
+fn serial(raw: &[u8]) -> String {
+    let start = raw
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
+    raw[start..].iter().fold(String::new(), |mut out, byte| {
+        let _ = write!(out, "{byte:02X}");
+        out
+    })
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut out, byte| {
+        let _ = write!(out, "{byte:02x}");
+        out
+    })
+}
+
+fn url_encode(text: &str) -> String {
+    utf8_percent_encode(text, URI_COMPONENT).to_string()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,554 @@
+//! One request through the gateway: route, rewrite, access, balancer and upstream (retrying the
+//! next target on connect failures), header_filter, body_filter while streaming, then log after
+//! the response is finished, on the pump task, never delaying the client.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::mpsc;
+use tollgate_phases::Phase;
+
+use super::Shared;
+use super::body::{BoxError, PUMP_DEPTH, PumpedBody};
+use crate::exchange::{ConnectionFacts, Context, ExchangeState, RequestHead, ResponseHead};
+use crate::log::{
+    Latencies, LogEntry, NamedRef, PluginErrorLog, RequestLog, ResponseLog, ServiceLog, TlsLog,
+    Try, headers_to_map, parse_querystring, request_url, unix_millis,
+};
+use crate::pipeline::{Exchange, Recording};
+use crate::proxy::forwarding::{add_forwarded, set_forwarded_port, strip_hop_by_hop, upstream_uri};
+use crate::proxy::router::strip_port;
+use crate::proxy::upstream::UpstreamError;
+use crate::runtime::PluginError;
+
+/// What a connection contributes to each of its requests.
+#[derive(Debug)]
+pub struct ConnectionScope {
+    /// Facts plugins can read.
+    pub facts: Arc<ConnectionFacts>,
+    /// The certificate phase's context, seeding every request's.
+    pub context: Context,
+    /// The port the client connected to.
+    pub local_port: u16,
+}
+
+/// Where the response body comes from.
+enum Source {
+    Upstream(Incoming),
+    Whole(Bytes),
+}
+
+/// What the log entry needs that is known before the response.
+struct Draft {
+    started: Instant,
+    request: RequestLog,
+    client_ip: String,
+    started_at: u64,
+    route: Option<NamedRef>,
+    service: Option<ServiceLog>,
+    upstream_uri: String,
+    tries: Vec<Try>,
+    proxy_ms: i64,
+}
+
+fn kong_error(status: StatusCode, message: &str) -> (ResponseHead, Bytes) {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    let body = Bytes::from(serde_json::json!({ "message": message }).to_string());
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    (
+        ResponseHead {
+            status: status.as_u16(),
+            headers,
+        },
+        body,
+    )
+}
+
+fn plugin_failure(err: &PluginError) -> (ResponseHead, Bytes) {
+    tracing::error!(%err, "request failed in a plugin");
+    kong_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "An unexpected error occurred",
+    )
+}
+
+fn upstream_failure(err: &UpstreamError) -> (ResponseHead, Bytes) {
+    tracing::warn!(%err, "upstream failed");
+    let status = err.status();
+    let message = if status == StatusCode::GATEWAY_TIMEOUT {
+        "The upstream server is timing out"
+    } else {
+        "An invalid response was received from the upstream server"
+    };
+    kong_error(status, message)
+}
+
+/// Serves one request.
+pub async fn handle(
+    shared: Arc<Shared>,
+    connection: Arc<ConnectionScope>,
+    request: Request<Incoming>,
+) -> Response<PumpedBody> {
+    let started = Instant::now();
+    let (mut parts, body) = request.into_parts();
+    let facts = &connection.facts;
+    let tls = facts.tls.is_some();
+    let scheme = if tls { "https" } else { "http" };
+    let host = parts
+        .uri
+        .host()
+        .map(str::to_owned)
+        .or_else(|| {
+            parts
+                .headers
+                .get(HOST)
+                .and_then(|value| value.to_str().ok())
+                .map(|value| strip_port(value).to_owned())
+        })
+        .map(|host| host.to_ascii_lowercase());
+    let method = parts.method.as_str().to_owned();
+    let path = parts.uri.path().to_owned();
+    let query = parts.uri.query().map(str::to_owned);
+    let received_uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
+
+    let mut draft = Draft {
+        started,
+        request: RequestLog {
+            method: method.clone(),
+            uri: received_uri.clone(),
+            url: request_url(
+                scheme,
+                host.as_deref().unwrap_or("localhost"),
+                connection.local_port,
+                &received_uri,
+            ),
+            querystring: query.as_deref().map(parse_querystring).unwrap_or_default(),
+            headers: headers_to_map(&parts.headers),
+            size: request_head_size(&parts.headers, &received_uri, &method)
+                + body.size_hint().exact().unwrap_or(0),
+            tls: None,
+        },
+        client_ip: facts.client_addr.ip().to_string(),
+        started_at: unix_millis(SystemTime::now()),
+        route: None,
+        service: None,
+        upstream_uri: String::new(),
+        tries: Vec::new(),
+        proxy_ms: -1,
+    };
+
+    let Some(route) = shared.router.route(host.as_deref(), &path, &method) else {
+        let (head, bytes) = kong_error(StatusCode::NOT_FOUND, "no Route matched with those values");
+        return respond(&shared, None, head, Source::Whole(bytes), draft, facts);
+    };
+    let service = &shared.services[route.service];
+    draft.route = Some(NamedRef {
+        id: None,
+        name: route.name.clone(),
+    });
+
+    strip_hop_by_hop(&mut parts.headers);
+    let head = RequestHead {
+        method,
+        path,
+        query,
+        headers: std::mem::take(&mut parts.headers),
+    };
+    let chain = shared.chains.for_route(&route.name);
+    let state = ExchangeState::new(facts.clone(), head, connection.context.clone());
+    let mut exchange = Exchange::new(chain, state, Recording::Off);
+
+    // rewrite and access: a plugin may answer the request itself.
+    for phase in [Phase::Rewrite, Phase::Access] {
+        let result = match phase {
+            Phase::Rewrite => exchange.rewrite().await,
+            _ => exchange.access().await,
+        };
+        if let Err(err) = result {
+            let (head, bytes) = plugin_failure(&err);
+            return respond(
+                &shared,
+                Some(exchange),
+                head,
+                Source::Whole(bytes),
+                draft,
+                facts,
+            );
+        }
+        if let Some(exit) = exchange.state_mut().exit.take() {
+            let mut head = ResponseHead {
+                status: exit.status,
+                headers: exit.headers,
+            };
+            head.headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(exit.body.len()));
+            return filtered(
+                &shared,
+                exchange,
+                head,
+                Source::Whole(exit.body.into()),
+                draft,
+                facts,
+            )
+            .await;
+        }
+    }
+
+    // Upstream request headers: what plugins left, plus the forwarding headers.
+    let mut headers = exchange.state().request.headers.clone();
+    add_forwarded(
+        &mut headers,
+        facts.client_addr.ip(),
+        scheme,
+        host.as_deref(),
+    );
+    set_forwarded_port(&mut headers, connection.local_port);
+    // Like Kong's default (preserve_host off): Host names the upstream target.
+    headers.remove(HOST);
+
+    // balancer + connect, retrying the next target when a connection cannot be made.
+    let targets: Arc<[String]> = service.upstream.targets().into();
+    let attempts = service.upstream.retries() + 1;
+    let mut connection_result = None;
+    for attempt in 1..=attempts {
+        let balancer_started = Instant::now();
+        let proposed = targets[service.upstream.next_target()].clone();
+        let target = match exchange.balancer(targets.clone(), proposed, attempt).await {
+            Ok(target) => target,
+            Err(err) => {
+                let (head, bytes) = plugin_failure(&err);
+                return respond(
+                    &shared,
+                    Some(exchange),
+                    head,
+                    Source::Whole(bytes),
+                    draft,
+                    facts,
+                );
+            }
+        };
+        let (ip, port) = split_target(&target);
+        draft.tries.push(Try {
+            ip,
+            port,
+            balancer_latency: balancer_started.elapsed().as_millis() as u64,
+        });
+        draft.service = Some(ServiceLog {
+            name: service.name.clone(),
+            host: draft.tries.last().map(|t| t.ip.clone()).unwrap_or_default(),
+            port,
+            protocol: service.protocol.to_string(),
+        });
+        match service.upstream.connect(&target).await {
+            Ok(conn) => {
+                connection_result = Some(Ok(conn));
+                break;
+            }
+            Err(err) if err.is_retryable() && attempt < attempts => {
+                tracing::info!(%err, attempt, "retrying the next upstream target");
+            }
+            Err(err) => {
+                connection_result = Some(Err(err));
+                break;
+            }
+        }
+    }
+    let conn = match connection_result {
+        Some(Ok(conn)) => conn,
+        Some(Err(err)) => {
+            let (head, bytes) = upstream_failure(&err);
+            return respond(
+                &shared,
+                Some(exchange),
+                head,
+                Source::Whole(bytes),
+                draft,
+                facts,
+            );
+        }
+        None => {
+            let (head, bytes) = kong_error(StatusCode::BAD_GATEWAY, "no upstream target");
+            return respond(
+                &shared,
+                Some(exchange),
+                head,
+                Source::Whole(bytes),
+                draft,
+                facts,
+            );
+        }
+    };
+
+    let uri = match upstream_uri(&parts.uri, conn.target(), service.upstream.is_https()) {
+        Ok(uri) => uri,
+        Err(err) => {
+            tracing::warn!(%err, "cannot build the upstream URI");
+            let (head, bytes) = kong_error(StatusCode::BAD_GATEWAY, "invalid upstream target");
+            return respond(
+                &shared,
+                Some(exchange),
+                head,
+                Source::Whole(bytes),
+                draft,
+                facts,
+            );
+        }
+    };
+    draft.upstream_uri = uri
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
+    let mut upstream_request = Request::new(body);
+    *upstream_request.method_mut() = parts.method.clone();
+    *upstream_request.uri_mut() = uri;
+    *upstream_request.headers_mut() = headers;
+
+    let proxy_started = Instant::now();
+    let response = match conn.send(upstream_request).await {
+        Ok(response) => response,
+        Err(err) => {
+            draft.proxy_ms = proxy_started.elapsed().as_millis() as i64;
+            let (head, bytes) = upstream_failure(&err);
+            return respond(
+                &shared,
+                Some(exchange),
+                head,
+                Source::Whole(bytes),
+                draft,
+                facts,
+            );
+        }
+    };
+    draft.proxy_ms = proxy_started.elapsed().as_millis() as i64;
+    let (response_parts, response_body) = response.into_parts();
+    let mut head = ResponseHead {
+        status: response_parts.status.as_u16(),
+        headers: response_parts.headers,
+    };
+    strip_hop_by_hop(&mut head.headers);
+    filtered(
+        &shared,
+        exchange,
+        head,
+        Source::Upstream(response_body),
+        draft,
+        facts,
+    )
+    .await
+}
+
+/// Runs header_filter, then responds with body_filter on the way.
+async fn filtered(
+    shared: &Arc<Shared>,
+    mut exchange: Exchange,
+    head: ResponseHead,
+    source: Source,
+    draft: Draft,
+    facts: &Arc<ConnectionFacts>,
+) -> Response<PumpedBody> {
+    match exchange.header_filter(head).await {
+        Ok(mut head) => {
+            if exchange.has_phase(Phase::BodyFilter) {
+                // Plugins may change the body's length; send it chunked.
+                head.headers.remove(CONTENT_LENGTH);
+            }
+            respond(shared, Some(exchange), head, source, draft, facts)
+        }
+        Err(err) => {
+            let (head, bytes) = plugin_failure(&err);
+            respond(
+                shared,
+                Some(exchange),
+                head,
+                Source::Whole(bytes),
+                draft,
+                facts,
+            )
+        }
+    }
+}
+
+/// Builds the client's response and starts the pump that streams its body, then logs.
+fn respond(
+    shared: &Arc<Shared>,
+    exchange: Option<Exchange>,
+    head: ResponseHead,
+    source: Source,
+    mut draft: Draft,
+    facts: &Arc<ConnectionFacts>,
+) -> Response<PumpedBody> {
+    let (frames, receiver) = mpsc::channel(PUMP_DEPTH);
+    let status = StatusCode::from_u16(head.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = Response::new(PumpedBody::new(receiver));
+    *response.status_mut() = status;
+    *response.headers_mut() = head.headers.clone();
+
+    if let Some(tls) = &facts.tls {
+        draft.request.tls = Some(TlsLog {
+            version: tls.version.clone(),
+            cipher: tls.cipher.clone(),
+            client_verify: tls.client_verify.to_string(),
+        });
+    }
+    let shared = shared.clone();
+    shared.tasks.clone().spawn(async move {
+        let mut exchange = exchange;
+        let sent = pump(exchange.as_mut(), source, frames).await;
+        let mut plugin_errors = Vec::new();
+        if let Some(mut exchange) = exchange {
+            if exchange.state().response.is_none() {
+                exchange.state_mut().response = Some(head.clone());
+            }
+            exchange.log().await;
+            if let (Some(tls), Some(verify)) =
+                (draft.request.tls.as_mut(), exchange.client_verify())
+            {
+                tls.client_verify = verify.to_string();
+            }
+            plugin_errors = exchange
+                .failures()
+                .iter()
+                .map(|err| PluginErrorLog {
+                    plugin: err.plugin.clone(),
+                    phase: err.stage.to_string(),
+                    message: err.fault.to_string(),
+                })
+                .collect();
+        }
+        let request_ms = draft.started.elapsed().as_millis() as i64;
+        let entry = LogEntry {
+            request: draft.request,
+            upstream_uri: draft.upstream_uri,
+            response: ResponseLog {
+                status: head.status,
+                headers: headers_to_map(&head.headers),
+                size: response_head_size(&head.headers) + sent,
+            },
+            latencies: Latencies {
+                proxy: draft.proxy_ms,
+                kong: request_ms - draft.proxy_ms.max(0),
+                request: request_ms,
+            },
+            client_ip: draft.client_ip,
+            started_at: draft.started_at,
+            route: draft.route,
+            service: draft.service,
+            tries: draft.tries,
+            plugin_errors,
+        };
+        shared.access_log.write(entry);
+    });
+    response
+}
+
+/// Streams the body to the client, through body_filter when the chain has it. Returns the body
+/// bytes sent. Stops early when the client goes away or a fail-closed filter fails.
+async fn pump(
+    mut exchange: Option<&mut Exchange>,
+    source: Source,
+    frames: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+) -> u64 {
+    let filtering = exchange
+        .as_ref()
+        .is_some_and(|exchange| exchange.has_phase(Phase::BodyFilter));
+    let mut sent = 0u64;
+    let mut forward = async |chunk: Bytes, end_of_stream: bool, sent: &mut u64| -> bool {
+        let chunk = match exchange.as_deref_mut() {
+            Some(exchange) if filtering => match exchange.body_filter(chunk, end_of_stream).await {
+                Ok(chunk) => chunk,
+                Err(err) => {
+                    tracing::error!(%err, "body filter failed; aborting the response");
+                    let _ = frames.send(Err(Box::new(err))).await;
+                    return false;
+                }
+            },
+            _ => chunk,
+        };
+        if chunk.is_empty() {
+            return true;
+        }
+        *sent += chunk.len() as u64;
+        frames.send(Ok(Frame::data(chunk))).await.is_ok()
+    };
+    match source {
+        Source::Whole(bytes) => {
+            forward(bytes, true, &mut sent).await;
+        }
+        Source::Upstream(mut body) => {
+            let mut ended = false;
+            while let Some(frame) = body.frame().await {
+                let frame = match frame {
+                    Ok(frame) => frame,
+                    Err(err) => {
+                        tracing::warn!(%err, "upstream body failed");
+                        let _ = frames.send(Err(Box::new(err))).await;
+                        return sent;
+                    }
+                };
+                match frame.into_data() {
+                    Ok(data) => {
+                        ended = body.is_end_stream();
+                        if !forward(data, ended, &mut sent).await {
+                            return sent;
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            if !ended && !forward(Bytes::new(), true, &mut sent).await {
+                                return sent;
+                            }
+                            ended = true;
+                            let _ = frames.send(Ok(Frame::trailers(trailers))).await;
+                        }
+                    }
+                }
+            }
+            if !ended {
+                forward(Bytes::new(), true, &mut sent).await;
+            }
+        }
+    }
+    sent
+}
+
+fn split_target(target: &str) -> (String, u16) {
+    match target.rsplit_once(':') {
+        Some((host, port)) => (
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port.parse().unwrap_or(0),
+        ),
+        None => (target.to_owned(), 0),
+    }
+}
+
+fn request_head_size(headers: &HeaderMap, uri: &str, method: &str) -> u64 {
+    // Request line plus headers as HTTP/1.1 would carry them.
+    let line = method.len() + uri.len() + 12;
+    (line + header_bytes(headers)) as u64
+}
+
+fn response_head_size(headers: &HeaderMap) -> u64 {
+    (17 + header_bytes(headers)) as u64
+}
+
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum::<usize>()
+        + 2
+}
