@@ -1164,7 +1164,7 @@ impl Names {
     }
 }
 
-enum Segment {
+pub(crate) enum Segment {
     Key(String),
     Index(usize),
 }
@@ -1174,7 +1174,7 @@ fn span_contains(span: &Range<usize>, offset: usize) -> bool {
 }
 
 /// The path to the innermost key or array item whose span holds `offset`.
-fn locate(value: &DeValue<'_>, offset: usize) -> Option<Vec<Segment>> {
+pub(crate) fn locate(value: &DeValue<'_>, offset: usize) -> Option<Vec<Segment>> {
     match value {
         DeValue::Table(table) => table.iter().find_map(|(key, item)| {
             let here = || vec![Segment::Key(key.get_ref().to_string())];
@@ -1222,7 +1222,7 @@ fn remove_deepest_key(value: &mut DeValue<'_>, path: &[Segment]) -> bool {
 }
 
 /// 1-based line and character column of a byte offset.
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
         offset -= 1;
@@ -1234,7 +1234,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = s.split_at(digits);
     let invalid = || format!("invalid duration `{s}` (expected e.g. \"250ms\", \"10s\", \"2m\")");
@@ -1259,7 +1259,7 @@ fn format_duration(d: Duration) -> String {
     }
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = s.split_at(digits);
     let invalid = || format!("invalid size `{s}` (expected e.g. \"64MiB\", \"512KiB\" or bytes)");

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod exchange;
+pub mod gateway;
 pub mod log;
 pub mod pipeline;
 pub mod proxy;

@@ -95,9 +95,7 @@ async fn check(path: &Path) -> anyhow::Result<bool> {
     }
 }
 
-async fn serve(config: &Config) -> anyhow::Result<bool> {
-    let runtime = Runtime::new()?;
-    let gateway = Gateway::build(config, &runtime).await?;
+async fn serve(gateway: Gateway) -> anyhow::Result<bool> {
     for (name, addr) in gateway.local_addrs() {
         tracing::info!(listener = %name, %addr, "listening");
     }
@@ -111,7 +109,8 @@ async fn run(path: &Path) -> anyhow::Result<bool> {
     let Some(config) = load_config(path).await? else {
         return Ok(false);
     };
-    serve(&config).await
+    let gateway = Gateway::build(&config, &Runtime::new()?).await?;
+    serve(gateway).await
 }
 
 async fn demo(
@@ -133,8 +132,18 @@ async fn demo(
     let Some(config) = load_config(&config_path).await? else {
         return Ok(false);
     };
+    let gateway = Gateway::build(&config, &Runtime::new()?).await?;
+    // The bound addresses, which differ from the configured ones when those use port 0.
+    let bound = |name: &str, configured: SocketAddr| {
+        gateway
+            .local_addrs()
+            .into_iter()
+            .find(|(listener, _)| listener == name)
+            .map_or(configured, |(_, addr)| addr)
+    };
+    let (https, http) = (bound("https", https), bound("http", http));
     println!("{}", demo::instructions(&pki, https, http, &config_path));
-    serve(&config).await
+    serve(gateway).await
 }
 
 fn init_tracing() {

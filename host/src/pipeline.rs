@@ -12,9 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tollgate_phases::Phase;
 
-use crate::exchange::{
-    Context, EarlyResponse, ExchangeState, HandshakeState, ResponseHead,
-};
+use crate::exchange::{Context, EarlyResponse, ExchangeState, HandshakeState, ResponseHead};
 use crate::runtime::{HostCall, PhaseCall, Plugin, PluginError, PluginInstance, Scope};
 use crate::tls::{ClientVerify, TlsPolicy};
 
@@ -74,16 +72,22 @@ pub async fn run_certificate_phase(
         let result = match plugin.instantiate(record).await {
             Ok(mut instance) => {
                 let (scope, result) = instance
-                    .call(PhaseCall::Plain(Phase::Certificate), Scope::Handshake(state))
+                    .call(
+                        PhaseCall::Plain(Phase::Certificate),
+                        Scope::Handshake(state),
+                    )
                     .await;
                 state = match scope {
                     Scope::Handshake(state) => state,
                     _ => unreachable!("the certificate phase lends a handshake scope"),
                 };
                 if record {
-                    outcome
-                        .trace
-                        .push(trace(plugin, Phase::Certificate, instance.take_calls(), &result));
+                    outcome.trace.push(trace(
+                        plugin,
+                        Phase::Certificate,
+                        instance.take_calls(),
+                        &result,
+                    ));
                 }
                 result
             }
@@ -152,12 +156,16 @@ impl Exchange {
 
     /// The request's state.
     pub fn state(&self) -> &ExchangeState {
-        self.state.as_ref().expect("exchange state is lent only during a call")
+        self.state
+            .as_ref()
+            .expect("exchange state is lent only during a call")
     }
 
     /// The request's state, to change from the host side.
     pub fn state_mut(&mut self) -> &mut ExchangeState {
-        self.state.as_mut().expect("exchange state is lent only during a call")
+        self.state
+            .as_mut()
+            .expect("exchange state is lent only during a call")
     }
 
     /// Whether any plugin of the chain handles `phase`.
@@ -240,7 +248,10 @@ impl Exchange {
 
     /// The request's final state, trace and failures.
     pub fn finish(mut self) -> (ExchangeState, Vec<TraceEntry>, Vec<PluginError>) {
-        let state = *self.state.take().expect("exchange state is lent only during a call");
+        let state = *self
+            .state
+            .take()
+            .expect("exchange state is lent only during a call");
         (state, self.trace, self.failures)
     }
 
@@ -258,10 +269,10 @@ impl Exchange {
                 break;
             }
             let result = self.call(index, phase, body.as_ref()).await;
-            if let (Ok(()), Some((chunk, _))) = (&result, body.as_mut()) {
-                if let Some(replacement) = self.state_mut().body_chunk.take() {
-                    *chunk = Bytes::from(replacement);
-                }
+            if let (Ok(()), Some((chunk, _))) = (&result, body.as_mut())
+                && let Some(replacement) = self.state_mut().body_chunk.take()
+            {
+                *chunk = Bytes::from(replacement);
             }
             if let Err(err) = result {
                 self.failures.push(err.clone());
@@ -302,7 +313,10 @@ impl Exchange {
             },
             None => PhaseCall::Plain(phase),
         };
-        let state = self.state.take().expect("exchange state is lent only during a call");
+        let state = self
+            .state
+            .take()
+            .expect("exchange state is lent only during a call");
         let (scope, result) = instance.call(call, Scope::Exchange(state)).await;
         self.state = Some(match scope {
             Scope::Exchange(state) => state,

@@ -7,8 +7,8 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use tollgate::plugin::types::{Error as HostError, LogLevel, Phase as WitPhase};
-pub use tollgate::plugin::{
+pub use self::tollgate::plugin::types::{Error as HostError, LogLevel, Phase as WitPhase};
+pub use self::tollgate::plugin::{
     balancer, client_tls, connection, context, log as plugin_log, request, response, types,
 };
 

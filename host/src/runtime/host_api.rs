@@ -1,7 +1,9 @@
 //! The host side of every WIT import. Each function first checks the phase table, then acts on
 //! the state lent to the store for this call.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
+use std::sync::{Mutex, OnceLock};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tollgate_phases::{HostFunction, Phase};
@@ -14,7 +16,8 @@ use super::store::{HostCall, PluginStore, Scope};
 use crate::exchange::{
     Context, EarlyResponse, ExchangeState, HandshakeState, MAX_CONTEXT_ENTRIES, MAX_CONTEXT_VALUE,
 };
-use crate::tls::{self, TrustAnchors};
+use crate::tls::{self, ClientVerify, TrustAnchors};
+use rustls_pki_types::UnixTime;
 
 type HostResult<T> = Result<T, HostError>;
 
@@ -178,14 +181,10 @@ impl client_tls::Host for PluginStore {
     }
 
     fn disable_session_reuse(&mut self) -> HostResult<()> {
-        self.guarded(
-            HostFunction::DisableSessionReuse,
-            String::new,
-            |store| {
-                store.handshake()?.policy.disable_session_reuse = true;
-                Ok(())
-            },
-        )
+        self.guarded(HostFunction::DisableSessionReuse, String::new, |store| {
+            store.handshake()?.policy.disable_session_reuse = true;
+            Ok(())
+        })
     }
 
     fn get_full_client_certificate_chain(&mut self) -> HostResult<Option<String>> {
@@ -202,13 +201,53 @@ impl client_tls::Host for PluginStore {
             HostFunction::SetClientVerify,
             || args,
             |store| {
-                let verify =
-                    tls::parse_override(&value).map_err(|err| invalid(err.to_string()))?;
+                let verify = tls::parse_override(&value).map_err(|err| invalid(err.to_string()))?;
                 store.exchange()?.client_verify_override = Some(verify);
                 Ok(())
             },
         )
     }
+
+    fn verify_client_chain(&mut self, ca_certs: String) -> HostResult<String> {
+        let args = shorten(&format!("{ca_certs:?}"));
+        self.guarded(
+            HostFunction::VerifyClientChain,
+            || args,
+            |store| {
+                let anchors = cached_anchors(&ca_certs)?;
+                let Some(pem) = store.tls_session()?.client_chain_pem.as_deref() else {
+                    return Ok(ClientVerify::None.to_string());
+                };
+                let chain = tls::parse_certificates(pem)
+                    .map_err(|err| invalid(format!("client chain unreadable: {err}")))?;
+                Ok(tls::verify_client_chain(&chain, Some(&anchors), UnixTime::now()).to_string())
+            },
+        )
+    }
+}
+
+/// Trust anchor sets plugins verified against recently, by their PEM, so a plugin that verifies
+/// every request against the same CA list parses it once.
+fn cached_anchors(pem: &str) -> HostResult<TrustAnchors> {
+    const MAX_CACHED: usize = 64;
+    static CACHE: OnceLock<Mutex<HashMap<String, TrustAnchors>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let lock = || {
+        cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    };
+    if let Some(anchors) = lock().get(pem) {
+        return Ok(anchors.clone());
+    }
+    let anchors =
+        TrustAnchors::from_pem(pem).map_err(|err| invalid(format!("invalid ca_certs: {err}")))?;
+    let mut cache = lock();
+    if cache.len() >= MAX_CACHED {
+        cache.clear();
+    }
+    cache.insert(pem.to_string(), anchors.clone());
+    Ok(anchors)
 }
 
 impl connection::Host for PluginStore {
@@ -233,13 +272,15 @@ impl connection::Host for PluginStore {
     }
 
     fn client_address(&mut self) -> HostResult<String> {
-        self.guarded(HostFunction::ClientAddress, String::new, |store| {
-            match &store.scope {
+        self.guarded(
+            HostFunction::ClientAddress,
+            String::new,
+            |store| match &store.scope {
                 Scope::Handshake(state) => Ok(state.client_addr.to_string()),
                 Scope::Exchange(state) => Ok(state.connection.client_addr.to_string()),
                 Scope::Idle => Err(invalid("no connection")),
-            }
-        })
+            },
+        )
     }
 
     fn tls_version(&mut self) -> HostResult<String> {

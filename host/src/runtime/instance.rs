@@ -114,7 +114,11 @@ impl PluginInstance {
     }
 
     /// Runs one phase handler with `scope` lent to it, and gives `scope` back with the result.
-    pub async fn call(&mut self, call: PhaseCall<'_>, scope: Scope) -> (Scope, Result<(), PluginError>) {
+    pub async fn call(
+        &mut self,
+        call: PhaseCall<'_>,
+        scope: Scope,
+    ) -> (Scope, Result<(), PluginError>) {
         let phase = call.phase();
         {
             let data = self.store.data_mut();
@@ -138,7 +142,11 @@ impl PluginInstance {
             PhaseCall::BodyFilter {
                 chunk,
                 end_of_stream,
-            } => handler.call_on_body_filter(store, chunk, end_of_stream).await,
+            } => {
+                handler
+                    .call_on_body_filter(store, chunk, end_of_stream)
+                    .await
+            }
         };
         let scope = std::mem::take(&mut self.store.data_mut().scope);
         let outcome = match result {

@@ -69,11 +69,10 @@ pub fn compile(engine: &Engine, path: &Path) -> Result<Component, LoadError> {
             });
         }
     };
-    let component =
-        Component::new(engine, &component_bytes).map_err(|err| LoadError::Compile {
-            path: path.to_path_buf(),
-            reason: format!("{err:#}"),
-        })?;
+    let component = Component::new(engine, &component_bytes).map_err(|err| LoadError::Compile {
+        path: path.to_path_buf(),
+        reason: format!("{err:#}"),
+    })?;
     check_interface(engine, &component, path)?;
     Ok(component)
 }

@@ -35,8 +35,8 @@ pub use self::error::{LoadError, PluginError, PluginFault, Stage};
 pub use self::host_api::NOT_TLS;
 pub use self::instance::{PhaseCall, PluginInstance};
 pub use self::loader::{WasmKind, componentize, wasm_kind};
-pub use self::store::{HostCall, Scope};
 use self::store::PluginStore;
+pub use self::store::{HostCall, Scope};
 
 /// How to load one plugin: its file, its configuration and its limits.
 #[derive(Debug, Clone)]
@@ -124,7 +124,10 @@ impl Plugin {
     }
 
     /// A fresh, configured instance.
-    pub async fn instantiate(self: &Arc<Self>, record_calls: bool) -> Result<PluginInstance, PluginError> {
+    pub async fn instantiate(
+        self: &Arc<Self>,
+        record_calls: bool,
+    ) -> Result<PluginInstance, PluginError> {
         PluginInstance::new(self.clone(), record_calls).await
     }
 
@@ -193,14 +196,14 @@ impl Runtime {
     /// instantiates it once to validate its configuration and learn its phases.
     pub async fn load(&self, spec: PluginSpec) -> Result<Arc<Plugin>, LoadError> {
         let component = self.component(&spec.path)?;
-        let instance_pre =
-            self.inner
-                .linker
-                .instantiate_pre(&component)
-                .map_err(|err| LoadError::Link {
-                    path: spec.path.clone(),
-                    reason: format!("{err:#}"),
-                })?;
+        let instance_pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|err| LoadError::Link {
+                path: spec.path.clone(),
+                reason: format!("{err:#}"),
+            })?;
         let pre = bindings::PluginPre::new(instance_pre).map_err(|err| LoadError::Link {
             path: spec.path.clone(),
             reason: format!("{err:#}"),

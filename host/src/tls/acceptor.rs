@@ -145,7 +145,12 @@ pub fn client_identity(
 ) -> (Option<Vec<CertificateDer<'static>>>, ClientVerify) {
     let client_chain = presented
         .filter(|chain| policy.request_client_certificate && !chain.is_empty())
-        .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>());
+        .map(|chain| {
+            chain
+                .iter()
+                .map(|c| c.clone().into_owned())
+                .collect::<Vec<_>>()
+        });
     let client_verify = match &client_chain {
         Some(chain) => {
             let anchors = policy.ca_certs.as_ref().or(listener_client_ca);

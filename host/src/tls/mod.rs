@@ -24,7 +24,7 @@ pub mod verify;
 mod verifier;
 
 #[cfg(test)]
-mod test_pki;
+pub(crate) mod test_pki;
 
 use std::sync::{Arc, OnceLock};
 
