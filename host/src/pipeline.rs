@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue};
 use tollgate_phases::Phase;
 
 use crate::exchange::{Context, EarlyResponse, ExchangeState, HandshakeState, ResponseHead};
@@ -128,6 +130,34 @@ fn trace(
     }
 }
 
+/// What rewrite and access decided for a request.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Go on to balancer and the upstream.
+    Proxy,
+    /// A plugin answered; the upstream is skipped (header_filter, body_filter and log still run).
+    Respond(EarlyResponse),
+}
+
+/// Kong's answer when a plugin fails closed: status, content type and body.
+pub const PLUGIN_FAILURE: (u16, &str, &str) = (
+    500,
+    "application/json; charset=utf-8",
+    r#"{"message":"An unexpected error occurred"}"#,
+);
+
+/// The response head and body the client gets when a plugin fails closed.
+pub fn plugin_failure_response() -> (ResponseHead, Bytes) {
+    let (status, content_type, body) = PLUGIN_FAILURE;
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    (
+        ResponseHead { status, headers },
+        Bytes::from_static(body.as_bytes()),
+    )
+}
+
 /// One request's run through the plugin phases.
 #[derive(Debug)]
 pub struct Exchange {
@@ -186,6 +216,33 @@ impl Exchange {
     /// The log's `client_verify`: the last override, else the handshake's. `None` on plaintext.
     pub fn client_verify(&self) -> Option<ClientVerify> {
         self.state().logged_client_verify()
+    }
+
+    /// Runs rewrite, then access unless a plugin already answered. The gateway and the harness
+    /// both start a request here.
+    pub async fn request_phases(&mut self) -> Result<Decision, PluginError> {
+        self.rewrite().await?;
+        if self.state().exit.is_none() {
+            self.access().await?;
+        }
+        Ok(match self.state_mut().exit.take() {
+            Some(mut exit) => {
+                exit.headers
+                    .insert(CONTENT_LENGTH, HeaderValue::from(exit.body.len()));
+                Decision::Respond(exit)
+            }
+            None => Decision::Proxy,
+        })
+    }
+
+    /// Runs header_filter over the response head; when the chain filters bodies, the length
+    /// is dropped (plugins may change it) and the body goes out chunked.
+    pub async fn response_head(&mut self, head: ResponseHead) -> Result<ResponseHead, PluginError> {
+        let mut head = self.header_filter(head).await?;
+        if self.has_phase(Phase::BodyFilter) {
+            head.headers.remove(CONTENT_LENGTH);
+        }
+        Ok(head)
     }
 
     /// Runs rewrite. Stops early when a plugin answers the request.

@@ -21,7 +21,7 @@ use crate::log::{
     Latencies, LogEntry, NamedRef, PluginErrorLog, RequestLog, ResponseLog, ServiceLog, TlsLog,
     Try, headers_to_map, parse_querystring, request_url, unix_millis,
 };
-use crate::pipeline::{Exchange, Recording};
+use crate::pipeline::{Decision, Exchange, Recording, plugin_failure_response};
 use crate::proxy::forwarding::{add_forwarded, set_forwarded_port, strip_hop_by_hop, upstream_uri};
 use crate::proxy::router::strip_port;
 use crate::proxy::upstream::UpstreamError;
@@ -76,10 +76,7 @@ fn kong_error(status: StatusCode, message: &str) -> (ResponseHead, Bytes) {
 
 fn plugin_failure(err: &PluginError) -> (ResponseHead, Bytes) {
     tracing::error!(%err, "request failed in a plugin");
-    kong_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "An unexpected error occurred",
-    )
+    plugin_failure_response()
 }
 
 fn upstream_failure(err: &UpstreamError) -> (ResponseHead, Bytes) {
@@ -172,12 +169,8 @@ pub async fn handle(
     let mut exchange = Exchange::new(chain, state, Recording::Off);
 
     // rewrite and access: a plugin may answer the request itself.
-    for phase in [Phase::Rewrite, Phase::Access] {
-        let result = match phase {
-            Phase::Rewrite => exchange.rewrite().await,
-            _ => exchange.access().await,
-        };
-        if let Err(err) = result {
+    match exchange.request_phases().await {
+        Err(err) => {
             let (head, bytes) = plugin_failure(&err);
             return respond(
                 &shared,
@@ -188,13 +181,11 @@ pub async fn handle(
                 facts,
             );
         }
-        if let Some(exit) = exchange.state_mut().exit.take() {
-            let mut head = ResponseHead {
+        Ok(Decision::Respond(exit)) => {
+            let head = ResponseHead {
                 status: exit.status,
                 headers: exit.headers,
             };
-            head.headers
-                .insert(CONTENT_LENGTH, HeaderValue::from(exit.body.len()));
             return filtered(
                 &shared,
                 exchange,
@@ -205,6 +196,7 @@ pub async fn handle(
             )
             .await;
         }
+        Ok(Decision::Proxy) => {}
     }
 
     // Upstream request headers: what plugins left, plus the forwarding headers.
@@ -358,14 +350,8 @@ async fn filtered(
     draft: Draft,
     facts: &Arc<ConnectionFacts>,
 ) -> Response<PumpedBody> {
-    match exchange.header_filter(head).await {
-        Ok(mut head) => {
-            if exchange.has_phase(Phase::BodyFilter) {
-                // Plugins may change the body's length; send it chunked.
-                head.headers.remove(CONTENT_LENGTH);
-            }
-            respond(shared, Some(exchange), head, source, draft, facts)
-        }
+    match exchange.response_head(head).await {
+        Ok(head) => respond(shared, Some(exchange), head, source, draft, facts),
         Err(err) => {
             let (head, bytes) = plugin_failure(&err);
             respond(

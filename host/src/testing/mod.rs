@@ -17,7 +17,7 @@
 //! end-of-stream; one empty end-of-stream call when there is no body), then log.
 //!
 //! A fail-closed plugin failure in rewrite, access, balancer or header_filter makes the response
-//! [`PLUGIN_FAILURE_STATUS`] with [`PLUGIN_FAILURE_BODY`]; header_filter and body_filter do not
+//! the gateway's 500 ([`crate::pipeline::PLUGIN_FAILURE`]); header_filter and body_filter do not
 //! run on it, log does. A body_filter failure truncates the body after the chunks already sent.
 //! A log failure is only reported. Fail-open plugins' failures are reported and skipped.
 //!
@@ -110,9 +110,7 @@ pub use self::report::{
     ClientResponse, ConnectionReport, Expectation, MAX_BODY_SHOWN, NegotiatedTls, PluginSummary,
     RequestReport, ResponseSource, ScenarioReport, UpstreamRequest,
 };
-pub use self::run::{
-    Harness, HarnessError, PLUGIN_FAILURE_BODY, PLUGIN_FAILURE_CONTENT_TYPE, PLUGIN_FAILURE_STATUS,
-};
+pub use self::run::{Harness, HarnessError};
 pub use self::scenario::{
     CallPattern, ConnectionExpect, ConnectionScenario, DEFAULT_CIPHER, DEFAULT_CLIENT_ADDRESS,
     DEFAULT_TARGET, DEFAULT_TLS_VERSION, DEFAULT_UPSTREAM_STATUS, HeaderExpectation,

@@ -15,17 +15,11 @@ use super::report::{
 use super::scenario::{ConnectionScenario, RequestScenario, Scenario, ScenarioError};
 use crate::exchange::{ConnectionFacts, ExchangeState, RequestHead, ResponseHead, TlsSession};
 use crate::log::TlsLog;
-use crate::pipeline::{Exchange, Recording, run_certificate_phase};
+use crate::pipeline::{
+    Decision, Exchange, Recording, plugin_failure_response, run_certificate_phase,
+};
 use crate::runtime::{LoadError, Plugin, PluginError, Runtime, RuntimeError};
 use crate::tls::{TlsPolicy, client_identity, encode_chain};
-
-/// The status the client gets when a fail-closed plugin fails in rewrite, access, balancer or
-/// header_filter.
-pub const PLUGIN_FAILURE_STATUS: u16 = 500;
-/// The body of that response (Kong's).
-pub const PLUGIN_FAILURE_BODY: &str = r#"{"message":"An unexpected error occurred"}"#;
-/// The content type of that response.
-pub const PLUGIN_FAILURE_CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
 /// Why a scenario could not be run at all (a failed expectation is not an error).
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +203,7 @@ type Pending = (ResponseHead, Vec<Vec<u8>>, ResponseSource);
 async fn run_request(mut exchange: Exchange, request: &RequestScenario) -> RequestReport {
     let mut upstream_request = None;
     let response = match up_to_upstream(&mut exchange, request, &mut upstream_request).await {
-        Ok((head, chunks, source)) => match exchange.header_filter(head).await {
+        Ok((head, chunks, source)) => match exchange.response_head(head).await {
             Ok(head) => filter_body(&mut exchange, head, chunks, source).await,
             Err(err) => failure_response(&mut exchange, &err),
         },
@@ -280,11 +274,7 @@ async fn up_to_upstream(
     request: &RequestScenario,
     upstream_request: &mut Option<UpstreamRequest>,
 ) -> Result<Pending, PluginError> {
-    exchange.rewrite().await?;
-    if exchange.early_response().is_none() {
-        exchange.access().await?;
-    }
-    if let Some(early) = exchange.early_response().cloned() {
+    if let Decision::Respond(early) = exchange.request_phases().await? {
         let head = ResponseHead {
             status: early.status,
             headers: early.headers,
@@ -318,23 +308,12 @@ async fn up_to_upstream(
 /// The gateway's 500 after a fail-closed failure; log-phase plugins see it as the response.
 fn failure_response(exchange: &mut Exchange, err: &PluginError) -> ClientResponse {
     let phase = err.phase().unwrap_or(Phase::Rewrite);
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static(PLUGIN_FAILURE_CONTENT_TYPE),
-    );
-    headers.insert(
-        http::header::CONTENT_LENGTH,
-        HeaderValue::from(PLUGIN_FAILURE_BODY.len()),
-    );
-    exchange.state_mut().response = Some(ResponseHead {
-        status: PLUGIN_FAILURE_STATUS,
-        headers: headers.clone(),
-    });
+    let (head, body) = plugin_failure_response();
+    exchange.state_mut().response = Some(head.clone());
     ClientResponse {
-        status: PLUGIN_FAILURE_STATUS,
-        headers: header_pairs(&headers),
-        body: PLUGIN_FAILURE_BODY.as_bytes().to_vec(),
+        status: head.status,
+        headers: header_pairs(&head.headers),
+        body: body.to_vec(),
         source: ResponseSource::PluginFailure(phase),
         truncated: false,
     }

@@ -1,0 +1,185 @@
+//! Per-request cost of the example plugins: one realistic request (a TLS 1.3 connection whose
+//! client sent leaf + intermediate, verified) driven through every request phase with
+//! [`tollgate::pipeline::Exchange`], fresh instance creation included, as the gateway runs it; and
+//! the certificate phase of the plugins that have one. Also prints the resident memory each live
+//! instance of the C and Python plugins adds.
+//!
+//! `cargo bench --release -p tollgate-tests --bench plugins -- --warm-up-time 1 --measurement-time 3`
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use tollgate::exchange::{ConnectionFacts, RequestHead, TlsSession};
+use tollgate::pipeline::{Recording, run_certificate_phase};
+use tollgate::runtime::{Plugin, PluginSpec};
+use tollgate::tls::ClientVerify;
+use tollgate_tests::examples_support::{cert, pem_for_toml, plugin_path};
+use tollgate_tests::{client_addr, exchange, get, load_spec, run_request_phases};
+
+/// What the upstream answers (the body goes through body_filter).
+const BODY: &str = r#"{"orders":[{"id":1,"total":"12.50"},{"id":2,"total":"7.00"}]}"#;
+
+fn spec(example: &str, config: serde_json::Value) -> PluginSpec {
+    let mut spec = PluginSpec::new(example, plugin_path(example)).with_config(config);
+    if example == "py-client-cert-header" {
+        spec.memory_limit = 48 << 20;
+        spec.time_limit = std::time::Duration::from_secs(1);
+    }
+    spec
+}
+
+/// The plugins benched, with realistic configurations.
+fn plugins(rt: &tokio::runtime::Runtime) -> Vec<(&'static str, Arc<Plugin>)> {
+    let ca = pem_for_toml(&cert("mtls-auth", "ca-bundle.pem"));
+    let specs = [
+        (
+            "tls-handshake-modifier",
+            serde_json::json!({ "snis": ["api.example.com", "*.internal.example"] }),
+        ),
+        (
+            "mtls-auth",
+            serde_json::json!({
+                "ca_certificates": ca,
+                "send_ca_dn": true,
+                "consumers": { "alice@example.com": "alice", "bob@example.com": "bob" },
+            }),
+        ),
+        ("tls-metadata-headers", serde_json::json!({})),
+        ("c-min-chain", serde_json::json!({ "min_chain_length": 2 })),
+        ("py-client-cert-header", serde_json::json!({})),
+    ];
+    specs
+        .into_iter()
+        .map(|(name, config)| (name, rt.block_on(load_spec(spec(name, config)))))
+        .collect()
+}
+
+/// A verified TLS 1.3 connection from alice (leaf + intermediate).
+fn connection() -> Arc<ConnectionFacts> {
+    let chain = std::fs::read_to_string(cert("mtls-auth", "alice-chain.pem")).expect("chain");
+    Arc::new(ConnectionFacts {
+        client_addr: client_addr(),
+        sni: Some("api.example.com".to_owned()),
+        tls: Some(TlsSession {
+            version: "TLSv1.3".to_owned(),
+            cipher: "TLS_AES_256_GCM_SHA384".to_owned(),
+            client_chain_pem: Some(chain),
+            client_verify: ClientVerify::Success,
+        }),
+    })
+}
+
+fn request() -> RequestHead {
+    get(
+        "/orders",
+        &[
+            ("host", "api.example.com"),
+            ("user-agent", "curl/8.5.0"),
+            ("accept", "application/json"),
+            ("x-request-id", "5b0a3c2e-8f51-4c1a-9a55-0c3e1f7d2b11"),
+        ],
+    )
+}
+
+fn request_phases(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let plugins = plugins(&rt);
+    let connection = connection();
+    let mut group = c.benchmark_group("request");
+    for (name, plugin) in &plugins {
+        let chain = [plugin.clone()];
+        // Once, checked: the plugin really did its job without failing.
+        let mut first = exchange(&chain, connection.clone(), request());
+        let results = rt.block_on(run_request_phases(&mut first, BODY));
+        for (phase, result) in &results {
+            assert!(result.is_ok(), "{name} {phase}: {result:?}");
+        }
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                let mut exchange = tollgate::pipeline::Exchange::new(
+                    chain.to_vec().into(),
+                    tollgate::exchange::ExchangeState::new(
+                        connection.clone(),
+                        request(),
+                        Default::default(),
+                    ),
+                    Recording::Off,
+                );
+                black_box(rt.block_on(run_request_phases(&mut exchange, BODY)));
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("certificate");
+    for (name, plugin) in plugins
+        .iter()
+        .filter(|(_, p)| p.handles(tollgate::Phase::Certificate))
+    {
+        let chain = [plugin.clone()];
+        let outcome = rt
+            .block_on(run_certificate_phase(
+                &chain,
+                client_addr(),
+                Some("api.example.com".to_owned()),
+                Recording::Off,
+            ))
+            .unwrap_or_else(|(err, _)| panic!("{name}: {err}"));
+        assert!(outcome.policy.request_client_certificate, "{name}");
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                black_box(rt.block_on(run_certificate_phase(
+                    &chain,
+                    client_addr(),
+                    Some("api.example.com".to_owned()),
+                    Recording::Off,
+                )))
+            })
+        });
+    }
+    group.finish();
+
+    instance_memory(&rt, &plugins);
+}
+
+/// Resident memory added per live instance (RSS delta over 16 instances held at once).
+fn instance_memory(rt: &tokio::runtime::Runtime, plugins: &[(&'static str, Arc<Plugin>)]) {
+    const HELD: usize = 16;
+    for (name, plugin) in plugins {
+        // One first, so one-time costs (lazy initialization, page tables) are not counted.
+        drop(
+            rt.block_on(plugin.instantiate(false))
+                .expect("instantiates"),
+        );
+        let before = rss_bytes();
+        let held: Vec<_> = (0..HELD)
+            .map(|_| {
+                rt.block_on(plugin.instantiate(false))
+                    .expect("instantiates")
+            })
+            .collect();
+        let after = rss_bytes();
+        drop(held);
+        println!(
+            "memory/{name}: {:.1} KiB resident per live instance",
+            after.saturating_sub(before) as f64 / HELD as f64 / 1024.0
+        );
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+criterion_group!(benches, request_phases);
+criterion_main!(benches);

@@ -1,0 +1,128 @@
+//! Test guest: a plugin that misbehaves on purpose, to test the sandbox's limits.
+//!
+//! Configuration: `{"phase": "access", "mode": "loop" | "grow" | "trap" | "ok", "when_header": "x-misbehave"}`
+//!
+//! - `loop` spins forever (the call deadline must stop it);
+//! - `grow` allocates and touches 1 MiB after 1 MiB without end (the memory cap must stop it);
+//! - `trap` panics, which in wasm ends in an `unreachable` trap;
+//! - `ok` does nothing.
+//!
+//! It declares every request phase and misbehaves only in `phase` (default `access`), and, when
+//! `when_header` is given, only for requests that carry that header, so the same plugin can serve
+//! a bad request and then a good one.
+
+use serde::Deserialize;
+use tollgate_sdk::{Phase, PhaseResult, Plugin, request};
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Mode {
+    Loop,
+    Grow,
+    Trap,
+    Ok,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    phase: Option<String>,
+    mode: Mode,
+    #[serde(default)]
+    when_header: Option<String>,
+}
+
+/// The configured plugin.
+#[derive(Debug)]
+pub struct Misbehave {
+    phase: Phase,
+    mode: Mode,
+    when_header: Option<String>,
+}
+
+impl Plugin for Misbehave {
+    const PHASES: &'static [Phase] = &[
+        Phase::Rewrite,
+        Phase::Access,
+        Phase::Balancer,
+        Phase::HeaderFilter,
+        Phase::BodyFilter,
+        Phase::Log,
+    ];
+
+    fn configure(config: &str) -> Result<Self, String> {
+        let config: Config = serde_json::from_str(config)
+            .map_err(|err| format!("invalid misbehave config: {err}"))?;
+        let name = config.phase.as_deref().unwrap_or("access");
+        let phase = Phase::from_name(name)
+            .ok_or_else(|| format!("invalid misbehave config: unknown phase {name:?}"))?;
+        Ok(Misbehave {
+            phase,
+            mode: config.mode,
+            when_header: config.when_header,
+        })
+    }
+
+    fn rewrite(&self) -> PhaseResult {
+        self.maybe_misbehave(Phase::Rewrite)
+    }
+
+    fn access(&self) -> PhaseResult {
+        self.maybe_misbehave(Phase::Access)
+    }
+
+    fn balancer(&self) -> PhaseResult {
+        self.maybe_misbehave(Phase::Balancer)
+    }
+
+    fn header_filter(&self) -> PhaseResult {
+        self.maybe_misbehave(Phase::HeaderFilter)
+    }
+
+    fn body_filter(&self, _chunk: &[u8], _end_of_stream: bool) -> PhaseResult {
+        self.maybe_misbehave(Phase::BodyFilter)
+    }
+
+    fn log(&self) -> PhaseResult {
+        self.maybe_misbehave(Phase::Log)
+    }
+}
+
+impl Misbehave {
+    fn maybe_misbehave(&self, phase: Phase) -> PhaseResult {
+        if phase != self.phase {
+            return Ok(());
+        }
+        if let Some(name) = &self.when_header
+            && request::header(name)?.is_none()
+        {
+            return Ok(());
+        }
+        match self.mode {
+            Mode::Loop => spin(),
+            Mode::Grow => grow(),
+            Mode::Trap => panic!("misbehave: trapping on purpose in {phase} phase"),
+            Mode::Ok => Ok(()),
+        }
+    }
+}
+
+fn spin() -> ! {
+    let mut counter: u64 = 0;
+    loop {
+        counter = std::hint::black_box(counter.wrapping_add(1));
+    }
+}
+
+fn grow() -> ! {
+    const MIB: usize = 1 << 20;
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        // A non-zero fill writes every page, so the memory is really used, not just reserved.
+        hoard.push(vec![0xA5; MIB]);
+        std::hint::black_box(&hoard);
+    }
+}
+
+tollgate_sdk::export_plugin!(Misbehave);
