@@ -39,13 +39,13 @@ pub const MAX_DEFAULT_RETRIES: u32 = 5;
 /// Largest accepted explicit `retries`.
 pub const MAX_RETRIES: u32 = 100;
 /// Per-instance plugin memory cap when `memory_limit` is not set.
-pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
+pub const DEFAULT_MEMORY_LIMIT: u64 = crate::runtime::DEFAULT_MEMORY_LIMIT as u64;
 /// Smallest accepted `memory_limit`.
 pub const MIN_MEMORY_LIMIT: u64 = 1 << 20;
 /// Largest accepted `memory_limit`.
-pub const MAX_MEMORY_LIMIT: u64 = 4 << 30;
+pub const MAX_MEMORY_LIMIT: u64 = crate::runtime::MAX_MEMORY_LIMIT as u64;
 /// Per-call plugin CPU deadline when `time_limit` is not set.
-pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_millis(100);
+pub const DEFAULT_TIME_LIMIT: Duration = crate::runtime::DEFAULT_TIME_LIMIT;
 /// Smallest accepted `time_limit`.
 pub const MIN_TIME_LIMIT: Duration = Duration::from_millis(1);
 /// Largest accepted `time_limit`.
@@ -642,7 +642,9 @@ impl Checker<'_> {
                     let field = format!("{at}.address");
                     match a.get_ref().parse::<SocketAddr>() {
                         Ok(addr) => {
-                            if let Some(first) = addresses.get(&addr) {
+                            // Port 0 asks the system for a free port each time: never a clash.
+                            if addr.port() == 0 {
+                            } else if let Some(first) = addresses.get(&addr) {
                                 let message = format!("duplicate address {addr} (also {first})");
                                 self.problem(a.span().start, field, message);
                             } else {
@@ -1822,7 +1824,7 @@ memory_limit = "1TB"
             "$DIR/tollgate.toml:38:12: routes[0].methods[0]: invalid HTTP method `GE T`",
             "$DIR/tollgate.toml:39:11: routes[0].service: no service named `nope`",
             "$DIR/tollgate.toml:43:9: plugins[0].route: no route named `missing-route`",
-            "$DIR/tollgate.toml:44:16: plugins[0].memory_limit: must be between 1MiB and 4GiB",
+            "$DIR/tollgate.toml:44:16: plugins[0].memory_limit: must be between 1MiB and 1GiB",
             "$DIR/tollgate.toml:45:14: plugins[0].time_limit: must be between 1ms and 1m",
             "$DIR/tollgate.toml:48:8: plugins[1].name: plugin name `mtls_auth` (from the file name) is already used by plugins[0]; give this instance a distinct `name`",
             "$DIR/tollgate.toml:50:11: plugins[1].service: a plugin is scoped to a route or a service, not both",

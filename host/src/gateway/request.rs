@@ -151,7 +151,6 @@ pub async fn handle(
         let (head, bytes) = kong_error(StatusCode::NOT_FOUND, "no Route matched with those values");
         return respond(&shared, None, head, Source::Whole(bytes), draft, facts);
     };
-    let service = &shared.services[route.service];
     draft.route = Some(NamedRef {
         id: None,
         name: route.name.clone(),
@@ -167,178 +166,156 @@ pub async fn handle(
     let chain = shared.chains.for_route(&route.name);
     let state = ExchangeState::new(facts.clone(), head, connection.context.clone());
     let mut exchange = Exchange::new(chain, state, Recording::Off);
-
-    // rewrite and access: a plugin may answer the request itself.
-    match exchange.request_phases().await {
-        Err(err) => {
-            let (head, bytes) = plugin_failure(&err);
-            return respond(
+    let forwarding = Forwarding {
+        service: &shared.services[route.service],
+        scheme,
+        host: host.as_deref(),
+        local_port: connection.local_port,
+        client: facts.client_addr,
+    };
+    match forward(&mut exchange, forwarding, parts, body, &mut draft).await {
+        Outcome::Failed(head, bytes) => respond(
+            &shared,
+            Some(exchange),
+            head,
+            Source::Whole(bytes),
+            draft,
+            facts,
+        ),
+        Outcome::Answered(head, bytes) => {
+            filtered(&shared, exchange, head, Source::Whole(bytes), draft, facts).await
+        }
+        Outcome::Proxied(head, body) => {
+            filtered(
                 &shared,
-                Some(exchange),
+                exchange,
                 head,
-                Source::Whole(bytes),
+                Source::Upstream(body),
                 draft,
                 facts,
-            );
+            )
+            .await
         }
+    }
+}
+
+/// How a request left the request phases.
+enum Outcome {
+    /// The gateway answers with an error; no filters run on it.
+    Failed(ResponseHead, Bytes),
+    /// A plugin answered in rewrite or access.
+    Answered(ResponseHead, Bytes),
+    /// The upstream answered.
+    Proxied(ResponseHead, Incoming),
+}
+
+/// Where and how a routed request is forwarded.
+struct Forwarding<'a> {
+    service: &'a super::Service,
+    scheme: &'static str,
+    host: Option<&'a str>,
+    local_port: u16,
+    client: std::net::SocketAddr,
+}
+
+/// rewrite and access, then balancer and the upstream, retrying the next target while no
+/// connection can be made (the request body is only handed over on a live connection).
+async fn forward(
+    exchange: &mut Exchange,
+    to: Forwarding<'_>,
+    parts: http::request::Parts,
+    body: Incoming,
+    draft: &mut Draft,
+) -> Outcome {
+    match exchange.request_phases().await {
+        Err(err) => return failed(plugin_failure(&err)),
         Ok(Decision::Respond(exit)) => {
             let head = ResponseHead {
                 status: exit.status,
                 headers: exit.headers,
             };
-            return filtered(
-                &shared,
-                exchange,
-                head,
-                Source::Whole(exit.body.into()),
-                draft,
-                facts,
-            )
-            .await;
+            return Outcome::Answered(head, exit.body.into());
         }
         Ok(Decision::Proxy) => {}
     }
 
     // Upstream request headers: what plugins left, plus the forwarding headers.
     let mut headers = exchange.state().request.headers.clone();
-    add_forwarded(
-        &mut headers,
-        facts.client_addr.ip(),
-        scheme,
-        host.as_deref(),
-    );
-    set_forwarded_port(&mut headers, connection.local_port);
+    add_forwarded(&mut headers, to.client.ip(), to.scheme, to.host);
+    set_forwarded_port(&mut headers, to.local_port);
     // Like Kong's default (preserve_host off): Host names the upstream target.
     headers.remove(HOST);
 
-    // balancer + connect, retrying the next target when a connection cannot be made.
-    let targets: Arc<[String]> = service.upstream.targets().into();
-    let attempts = service.upstream.retries() + 1;
-    let mut connection_result = None;
-    for attempt in 1..=attempts {
+    let upstream = &to.service.upstream;
+    let targets: Arc<[String]> = upstream.targets().into();
+    let attempts = upstream.retries() + 1;
+    let mut attempt = 0;
+    let conn = loop {
+        attempt += 1;
         let balancer_started = Instant::now();
-        let proposed = targets[service.upstream.next_target()].clone();
+        let proposed = targets[upstream.next_target()].clone();
         let target = match exchange.balancer(targets.clone(), proposed, attempt).await {
             Ok(target) => target,
-            Err(err) => {
-                let (head, bytes) = plugin_failure(&err);
-                return respond(
-                    &shared,
-                    Some(exchange),
-                    head,
-                    Source::Whole(bytes),
-                    draft,
-                    facts,
-                );
-            }
+            Err(err) => return failed(plugin_failure(&err)),
         };
         let (ip, port) = split_target(&target);
+        draft.service = Some(ServiceLog {
+            name: to.service.name.clone(),
+            host: ip.clone(),
+            port,
+            protocol: to.service.protocol.to_string(),
+        });
         draft.tries.push(Try {
             ip,
             port,
             balancer_latency: balancer_started.elapsed().as_millis() as u64,
         });
-        draft.service = Some(ServiceLog {
-            name: service.name.clone(),
-            host: draft.tries.last().map(|t| t.ip.clone()).unwrap_or_default(),
-            port,
-            protocol: service.protocol.to_string(),
-        });
-        match service.upstream.connect(&target).await {
-            Ok(conn) => {
-                connection_result = Some(Ok(conn));
-                break;
-            }
+        match upstream.connect(&target).await {
+            Ok(conn) => break conn,
             Err(err) if err.is_retryable() && attempt < attempts => {
                 tracing::info!(%err, attempt, "retrying the next upstream target");
             }
-            Err(err) => {
-                connection_result = Some(Err(err));
-                break;
-            }
-        }
-    }
-    let conn = match connection_result {
-        Some(Ok(conn)) => conn,
-        Some(Err(err)) => {
-            let (head, bytes) = upstream_failure(&err);
-            return respond(
-                &shared,
-                Some(exchange),
-                head,
-                Source::Whole(bytes),
-                draft,
-                facts,
-            );
-        }
-        None => {
-            let (head, bytes) = kong_error(StatusCode::BAD_GATEWAY, "no upstream target");
-            return respond(
-                &shared,
-                Some(exchange),
-                head,
-                Source::Whole(bytes),
-                draft,
-                facts,
-            );
+            Err(err) => return failed(upstream_failure(&err)),
         }
     };
 
-    let uri = match upstream_uri(&parts.uri, conn.target(), service.upstream.is_https()) {
+    let uri = match upstream_uri(&parts.uri, conn.target(), upstream.is_https()) {
         Ok(uri) => uri,
         Err(err) => {
             tracing::warn!(%err, "cannot build the upstream URI");
-            let (head, bytes) = kong_error(StatusCode::BAD_GATEWAY, "invalid upstream target");
-            return respond(
-                &shared,
-                Some(exchange),
-                head,
-                Source::Whole(bytes),
-                draft,
-                facts,
-            );
+            return failed(kong_error(
+                StatusCode::BAD_GATEWAY,
+                "invalid upstream target",
+            ));
         }
     };
     draft.upstream_uri = uri
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
-    let mut upstream_request = Request::new(body);
-    *upstream_request.method_mut() = parts.method.clone();
-    *upstream_request.uri_mut() = uri;
-    *upstream_request.headers_mut() = headers;
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
 
     let proxy_started = Instant::now();
-    let response = match conn.send(upstream_request).await {
-        Ok(response) => response,
-        Err(err) => {
-            draft.proxy_ms = proxy_started.elapsed().as_millis() as i64;
-            let (head, bytes) = upstream_failure(&err);
-            return respond(
-                &shared,
-                Some(exchange),
-                head,
-                Source::Whole(bytes),
-                draft,
-                facts,
-            );
-        }
-    };
+    let response = conn.send(request).await;
     draft.proxy_ms = proxy_started.elapsed().as_millis() as i64;
-    let (response_parts, response_body) = response.into_parts();
-    let mut head = ResponseHead {
-        status: response_parts.status.as_u16(),
-        headers: response_parts.headers,
-    };
-    strip_hop_by_hop(&mut head.headers);
-    filtered(
-        &shared,
-        exchange,
-        head,
-        Source::Upstream(response_body),
-        draft,
-        facts,
-    )
-    .await
+    match response {
+        Ok(response) => {
+            let (response, body) = response.into_parts();
+            let mut head = ResponseHead {
+                status: response.status.as_u16(),
+                headers: response.headers,
+            };
+            strip_hop_by_hop(&mut head.headers);
+            Outcome::Proxied(head, body)
+        }
+        Err(err) => failed(upstream_failure(&err)),
+    }
+}
+
+fn failed((head, bytes): (ResponseHead, Bytes)) -> Outcome {
+    Outcome::Failed(head, bytes)
 }
 
 /// Runs header_filter, then responds with body_filter on the way.
