@@ -131,8 +131,7 @@ pub async fn handshake_modifier() -> Arc<Plugin> {
 
 /// Runs one scenario file against the example (after `tls-handshake-modifier` when `chained`).
 pub async fn run_scenario(example: &str, file: &Path, chained: bool) -> ScenarioReport {
-    let scenario =
-        Scenario::from_file(file).unwrap_or_else(|err| panic!("{}: {err}", file.display()));
+    let scenario = Scenario::from_file(file).unwrap_or_else(|err| panic!("{err}"));
     let harness = harness();
     let plugin = harness
         .load(&plugin_path(example), &scenario)

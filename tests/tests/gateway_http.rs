@@ -868,9 +868,11 @@ async fn a_body_filter_failure_ends_the_response_instead_of_hanging_the_client()
     let failing = scripted(
         "failing-body",
         json!({ "body_filter": [{ "call": "fail", "message": "body exploded" }] }),
-        "",
+        "route = \"stream\"",
     );
-    let gateway = TestGateway::start(&simple_config(&failing)).await;
+    let stream_route =
+        "\n[[routes]]\nname = \"stream\"\npaths = [\"/stream\"]\nservice = \"echo\"\n";
+    let gateway = TestGateway::start(&simple_config(&format!("{stream_route}{failing}"))).await;
     let mut client = Client::plain(gateway.addr("http")).await;
     let response = within(
         Duration::from_secs(10),
@@ -898,9 +900,10 @@ async fn a_body_filter_failure_ends_the_response_instead_of_hanging_the_client()
         [pair("failing-body", "body_filter")],
         "{entry}"
     );
-    // The gateway still serves new connections.
+    // The gateway still serves new connections (on a route without the failing filter).
     let reply = get(gateway.addr("http"), "/after", &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["path"], "/after");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1278,7 +1281,8 @@ fn tollgate_check_accepts_a_good_config_and_names_a_plugin_that_rejects_its_conf
     let dir = tempfile::tempdir().expect("temp dir");
     let good = dir.path().join("good.toml");
     let base = format!(
-        "{HTTP_LISTENER}\n[[services]]\nname = \"echo\"\ntargets = [\"127.0.0.1:9\"]\n{DEFAULT_ROUTE}"
+        "{HTTP_LISTENER}\n[[services]]\nname = \"echo\"\ntargets = [\"127.0.0.1:9\"]\n\
+         {DEFAULT_ROUTE}"
     );
     let fine = scripted(
         "fine",

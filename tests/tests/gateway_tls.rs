@@ -65,10 +65,8 @@ impl Pki {
         self.start("https", &listener, rest).await
     }
 
-    /// Starts a gateway with one listener, `name`, whose table ends with `listener`.
-    ///
-    /// One listener only: `tollgate::config` rejects two listeners on `127.0.0.1:0` as the same
-    /// address (see the report).
+    /// Starts a gateway with one listener, `name`, whose table ends with `listener`; `rest` may
+    /// add more.
     async fn start(&self, name: &str, listener: &str, rest: &str) -> TestGateway {
         let config = format!(
             r#"
@@ -540,14 +538,18 @@ async fn disable_session_reuse_makes_resumption_impossible() {
 
     let session = pki.dir.path().join("off.session");
     let session = session.display().to_string();
-    let cert = pki.path(&pki.files.client_chain);
+    // s_client sends only the first certificate of -cert; the intermediate goes in -cert_chain.
+    let leaf = pki.path(&pki.files.client_leaf);
+    let intermediate = pki.path(&pki.files.intermediate);
     let key = pki.path(&pki.files.client_key);
     let common = [
         "-tls1_2",
         "-servername",
         "localhost",
         "-cert",
-        &cert,
+        &leaf,
+        "-cert_chain",
+        &intermediate,
         "-key",
         &key,
     ];
@@ -609,14 +611,18 @@ async fn session_resumes_without_disable_and_keeps_the_chain() {
 
     let session = pki.dir.path().join("on.session");
     let session = session.display().to_string();
-    let cert = pki.path(&pki.files.client_chain);
+    // s_client sends only the first certificate of -cert; the intermediate goes in -cert_chain.
+    let leaf = pki.path(&pki.files.client_leaf);
+    let intermediate = pki.path(&pki.files.intermediate);
     let key = pki.path(&pki.files.client_key);
     let common = [
         "-tls1_2",
         "-servername",
         "localhost",
         "-cert",
-        &cert,
+        &leaf,
+        "-cert_chain",
+        &intermediate,
         "-key",
         &key,
     ];
@@ -908,7 +914,9 @@ async fn wrong_certificate_verify_signature_fails_the_handshake() {
         let client = TlsClient::new(&pki.files, versions, Identity::WrongKey);
         let uri = format!("/bad-signature?v={}", versions.name());
         let result = client.get(addr, "localhost", &uri).await;
-        assert!(result.is_err(), "{versions:?}: {result:?}");
+        // The server refuses the signature with a decrypt_error alert.
+        let err = result.expect_err("the handshake must fail").to_string();
+        assert_eq!(err, "received fatal alert: DecryptError", "{versions:?}");
         assert_eq!(client.resolver.requests().len(), 1, "was asked");
     }
     let client = TlsClient::new(&pki.files, Versions::Tls13, Identity::Chain);
@@ -920,4 +928,33 @@ async fn wrong_certificate_verify_signature_fails_the_handshake() {
         .map(|entry| entry["request"]["uri"].clone())
         .collect();
     assert_eq!(logged, ["/good"]);
+}
+
+/// One gateway with a TLS and a plaintext listener, both on port 0 (as `TestGateway` is meant to
+/// be used): a request on each, `request.tls` only on the TLS one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_plaintext_listeners_on_port_zero_run_side_by_side() {
+    let pki = Pki::new();
+    let plaintext =
+        format!("[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n\n{DEFAULT_ROUTE}");
+    let gateway = pki.gateway("", &plaintext).await;
+    let client = TlsClient::new(&pki.files, Versions::Tls13, Identity::Anonymous);
+    let reply = client
+        .get(gateway.addr("https"), "localhost", "/over-tls")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    let reply = plain_get(gateway.addr("http"), "localhost", "/in-clear")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        client_verify(&log_entry(&gateway, "/over-tls").await),
+        "NONE"
+    );
+    assert!(
+        log_entry(&gateway, "/in-clear").await["request"]
+            .get("tls")
+            .is_none()
+    );
 }

@@ -385,7 +385,9 @@ fn respond(
                 .iter()
                 .map(|err| PluginErrorLog {
                     plugin: err.plugin.clone(),
-                    phase: err.stage.to_string(),
+                    phase: err
+                        .phase()
+                        .map_or_else(|| err.stage.to_string(), |phase| phase.name().to_owned()),
                     message: err.fault.to_string(),
                 })
                 .collect();
