@@ -134,13 +134,15 @@ impl Plugin for TlsMetadataHeaders {
         let chain = match client_tls::get_full_client_certificate_chain() {
             Ok(Some(chain)) => chain,
             Ok(None) => {
-                log::info(
+                // Debug, not info: on a route open to clients without certificates this is every
+                // request.
+                log::debug(
                     "no client certificate (none requested, or none sent): nothing forwarded",
                 );
                 return Ok(());
             }
             Err(Error::NotTls) => {
-                log::info("connection is not TLS: no client certificate forwarded");
+                log::debug("connection is not TLS: no client certificate forwarded");
                 return Ok(());
             }
             Err(err) => return Err(err.into()),

@@ -166,7 +166,7 @@ fn no_certificate_logs_why_and_forwards_nothing_not_even_client_sent_headers() {
     );
     assert!(host.request_headers.is_empty());
     assert_eq!(host.logs.len(), 1);
-    assert!(matches!(host.logs[0].0, Level::Info));
+    assert!(matches!(host.logs[0].0, Level::Debug));
     assert!(
         host.logs[0].1.contains("no client certificate"),
         "{}",
