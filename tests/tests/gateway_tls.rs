@@ -51,6 +51,23 @@ impl Pki {
         std::fs::read_to_string(&self.files.client_chain).unwrap()
     }
 
+    /// `s_client` arguments for TLS 1.2 presenting leaf + intermediate: s_client sends only the
+    /// first certificate of `-cert`, so the intermediate goes in `-cert_chain`.
+    fn s_client_tls12_with_chain(&self) -> Vec<String> {
+        let mut args: Vec<String> = ["-tls1_2", "-servername", "localhost"]
+            .map(String::from)
+            .to_vec();
+        for (flag, file) in [
+            ("-cert", &self.files.client_leaf),
+            ("-cert_chain", &self.files.intermediate),
+            ("-key", &self.files.client_key),
+        ] {
+            args.push(flag.to_string());
+            args.push(self.path(file));
+        }
+        args
+    }
+
     fn path(&self, file: &std::path::Path) -> String {
         file.display().to_string()
     }
@@ -538,21 +555,8 @@ async fn disable_session_reuse_makes_resumption_impossible() {
 
     let session = pki.dir.path().join("off.session");
     let session = session.display().to_string();
-    // s_client sends only the first certificate of -cert; the intermediate goes in -cert_chain.
-    let leaf = pki.path(&pki.files.client_leaf);
-    let intermediate = pki.path(&pki.files.intermediate);
-    let key = pki.path(&pki.files.client_key);
-    let common = [
-        "-tls1_2",
-        "-servername",
-        "localhost",
-        "-cert",
-        &leaf,
-        "-cert_chain",
-        &intermediate,
-        "-key",
-        &key,
-    ];
+    let common = pki.s_client_tls12_with_chain();
+    let common: Vec<&str> = common.iter().map(String::as_str).collect();
     let first = s_client(addr, &[&common[..], &["-sess_out", &session]].concat(), b"").await;
     assert_eq!(
         s_client_session(&first.stdout),
@@ -611,21 +615,8 @@ async fn session_resumes_without_disable_and_keeps_the_chain() {
 
     let session = pki.dir.path().join("on.session");
     let session = session.display().to_string();
-    // s_client sends only the first certificate of -cert; the intermediate goes in -cert_chain.
-    let leaf = pki.path(&pki.files.client_leaf);
-    let intermediate = pki.path(&pki.files.intermediate);
-    let key = pki.path(&pki.files.client_key);
-    let common = [
-        "-tls1_2",
-        "-servername",
-        "localhost",
-        "-cert",
-        &leaf,
-        "-cert_chain",
-        &intermediate,
-        "-key",
-        &key,
-    ];
+    let common = pki.s_client_tls12_with_chain();
+    let common: Vec<&str> = common.iter().map(String::as_str).collect();
     let first = s_client(addr, &[&common[..], &["-sess_out", &session]].concat(), b"").await;
     assert_eq!(
         s_client_session(&first.stdout),
