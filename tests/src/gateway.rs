@@ -119,15 +119,11 @@ impl TestGateway {
     pub async fn log_entries(&self, count: usize) -> Vec<serde_json::Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let text = std::fs::read_to_string(self.access_log()).unwrap_or_default();
-            let entries: Vec<serde_json::Value> = text
-                .lines()
-                .map(|line| serde_json::from_str(line).expect("each log line is JSON"))
-                .collect();
+            let entries = read_log(&self.access_log());
             if entries.len() >= count || tokio::time::Instant::now() > deadline {
                 assert!(
                     entries.len() >= count,
-                    "expected {count} access log lines, found {}:\n{text}",
+                    "expected {count} access log lines, found {}",
                     entries.len()
                 );
                 return entries;
@@ -149,6 +145,17 @@ impl Drop for TestGateway {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// The complete lines of an access log, parsed. The gateway writes lines from a background task,
+/// so a read can catch the last one half-written: it is left for the next read.
+pub fn read_log(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    complete
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each access log line is JSON"))
+        .collect()
 }
 
 /// Where the build script put the guests (`<workspace>/target/guests/wasm32-wasip1/guest`).

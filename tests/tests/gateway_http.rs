@@ -1449,11 +1449,7 @@ async fn the_readme_demo_does_what_its_printed_curl_commands_say() {
     // One JSON line per request; request.tls.client_verify on the TLS ones only.
     let deadline = Instant::now() + Duration::from_secs(10);
     let entries: Vec<Value> = loop {
-        let text = std::fs::read_to_string(&access_log).unwrap_or_default();
-        let entries: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("JSON line"))
-            .collect();
+        let entries = tollgate_tests::gateway::read_log(&access_log);
         if entries.len() >= 5 || Instant::now() > deadline {
             break entries;
         }

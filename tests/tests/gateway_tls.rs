@@ -18,7 +18,7 @@ use tollgate_tests::clients::{
     self, Identity, TlsClient, Versions, curl, http_get, plain_get, s_client, s_client_ca_names,
     s_client_session,
 };
-use tollgate_tests::gateway::TestGateway;
+use tollgate_tests::gateway::{TestGateway, read_log};
 use tollgate_tests::{PkiFiles, TestPki};
 
 const CERT_ONLY: &str = "certificate";
@@ -138,17 +138,16 @@ const DEFAULT_ROUTE: &str = "[[routes]]\nname = \"default\"\nservice = \"echo\"\
 async fn log_entry(gateway: &TestGateway, uri: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let text = std::fs::read_to_string(gateway.access_log()).unwrap_or_default();
-        let found = text
-            .lines()
-            .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        let lines = read_log(&gateway.access_log());
+        let found = lines
+            .into_iter()
             .find(|entry| entry["request"]["uri"] == uri);
         if let Some(entry) = found {
             return entry;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no access log line for {uri}:\n{text}"
+            "no access log line for {uri}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -156,11 +155,7 @@ async fn log_entry(gateway: &TestGateway, uri: &str) -> Value {
 
 /// Every access log line so far.
 fn log_lines(gateway: &TestGateway) -> Vec<Value> {
-    std::fs::read_to_string(gateway.access_log())
-        .unwrap_or_default()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+    read_log(&gateway.access_log())
 }
 
 fn client_verify(entry: &Value) -> &str {
