@@ -75,17 +75,7 @@ fn scripted_guest(file: &str, script: &str) -> PathBuf {
     path
 }
 
-/// The `tollgate` binary that `scripts/test` builds before the tests
-/// (`<workspace>/target/release/tollgate`).
-pub fn tollgate_binary() -> PathBuf {
-    let path = workspace_dir().join("target/release/tollgate");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --release -p tollgate` (scripts/test does)",
-        path.display()
-    );
-    path
-}
+pub use crate::binary::tollgate_binary;
 
 /// The example's scenario files: `(file, after_handshake_modifier)`, sorted.
 pub fn scenario_files(example: &str) -> Vec<(PathBuf, bool)> {

@@ -13,6 +13,7 @@
 //! # }
 //! ```
 
+pub mod binary;
 pub mod clients;
 pub mod examples_support;
 pub mod gateway;

@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tollgate_tests::gateway::TestGateway;
+use tollgate_tests::binary::{Reaper, Tollgate, strip_ansi, tollgate_binary};
 use tollgate_tests::{guests, workspace_dir};
 
 // ---------------------------------------------------------------------------------------------
@@ -1020,76 +1021,6 @@ async fn authorization_headers_are_redacted_in_the_access_log() {
 // The binary
 // ---------------------------------------------------------------------------------------------
 
-fn tollgate_binary() -> PathBuf {
-    let path = workspace_dir().join("target/release/tollgate");
-    assert!(
-        path.is_file(),
-        "{} is missing: build it with `cargo build --release -p tollgate` (scripts/test does)",
-        path.display()
-    );
-    path
-}
-
-/// Kills a child (and its process group when it leads one) if the test ends early.
-struct Reaper {
-    child: Child,
-    group: bool,
-}
-
-impl Reaper {
-    fn signal(&self, signal: &str) {
-        let target = if self.group {
-            format!("-{}", self.child.id())
-        } else {
-            self.child.id().to_string()
-        };
-        let _ = Command::new("kill")
-            .args([format!("-{signal}"), "--".to_owned(), target])
-            .status();
-    }
-
-    /// Waits up to `limit` for the child to exit.
-    fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.signal("KILL");
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Removes ANSI escape sequences (tracing's colours).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_in_flight_request_finish_refuses_new_connections_and_exits_0() {
     let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
@@ -1100,55 +1031,15 @@ async fn sigterm_lets_the_in_flight_request_finish_refuses_new_connections_and_e
     ));
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("access.log");
-    let config = dir.path().join("tollgate.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let mut gateway = Tollgate::run(
+        dir.path(),
+        &format!(
             "[access_log]\ntarget = \"{}\"\n{HTTP_LISTENER}\n[[services]]\nname = \"echo\"\n\
              targets = [\"{echo_addr}\"]\n{DEFAULT_ROUTE}",
             log.display()
         ),
-    )
-    .expect("config written");
-    let child = Command::new(tollgate_binary())
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tollgate runs");
-    let mut gateway = Reaper {
-        child,
-        group: false,
-    };
-    // The bound address is in the "listening" line on stderr.
-    let stderr = gateway.child.stderr.take().expect("stderr");
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(strip_ansi(&line)).is_err() {
-                break;
-            }
-        }
-    });
-    let addr: SocketAddr = loop {
-        let line = lines_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the gateway says where it listens");
-        if line.contains("listening")
-            && let Some(rest) = line.split("addr=").nth(1)
-        {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse()
-                .expect("an address");
-        }
-    };
+    );
+    let addr = gateway.addr("http");
 
     let mut client = Client::plain(addr).await;
     let response = within(

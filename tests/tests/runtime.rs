@@ -831,13 +831,7 @@ fn tollgate_binary() -> PathBuf {
         .status()
         .unwrap();
     assert!(status.success(), "cargo build --release -p tollgate failed");
-    let binary = workspace_dir().join("target/release/tollgate");
-    assert!(
-        binary.is_file(),
-        "{} is missing: run `cargo build --release -p tollgate` before this test",
-        binary.display()
-    );
-    binary
+    tollgate_tests::binary::tollgate_binary()
 }
 
 /// A cargo command that builds like a user's terminal would, not like this test's parent cargo.
