@@ -24,6 +24,8 @@ use serde::de::DeserializeOwned;
 use serde_spanned::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
+use crate::runtime::{self, RuntimeLimits};
+
 /// Listener TLS handshake deadline when `handshake_timeout` is not set.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upstream connect deadline when `connect_timeout` is not set.
@@ -51,6 +53,11 @@ pub const MIN_TIME_LIMIT: Duration = Duration::from_millis(1);
 /// Largest accepted `time_limit`.
 pub const MAX_TIME_LIMIT: Duration = Duration::from_secs(60);
 
+/// Smallest accepted `runtime.memory_budget`.
+pub const MIN_MEMORY_BUDGET: u64 = 16 << 20;
+/// Largest accepted `runtime.memory_budget`.
+pub const MAX_MEMORY_BUDGET: u64 = 1 << 40;
+
 /// Bounds the retry loop that collects several key/type mistakes from one table.
 const MAX_SCHEMA_PROBLEMS_PER_TABLE: usize = 32;
 
@@ -67,6 +74,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Plugin instances sorted by `order`; equal orders keep file order.
     pub plugins: Vec<PluginConfig>,
+    /// Process-wide plugin limits (`[runtime]`).
+    pub runtime: RuntimeLimits,
 }
 
 /// Destination of the access log.
@@ -346,6 +355,13 @@ struct RawAccessLog {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawRuntime {
+    max_instances: Field<i64>,
+    memory_budget: Field<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawListener {
     name: Field<String>,
     address: Field<String>,
@@ -409,13 +425,15 @@ struct Element<T> {
 #[derive(Default)]
 struct RawConfig {
     access_log: Option<(RawAccessLog, Range<usize>)>,
+    runtime: Option<RawRuntime>,
     listeners: Option<(Vec<Element<RawListener>>, Range<usize>)>,
     services: Vec<Element<RawService>>,
     routes: Vec<Element<RawRoute>>,
     plugins: Vec<Element<RawPlugin>>,
 }
 
-const SECTIONS: &str = "`access_log`, `listeners`, `services`, `routes`, `plugins`";
+const SECTIONS: &str =
+    "`access_log`, `runtime`, `listeners`, `services`, `routes`, `plugins`";
 
 /// Collects problems while turning the text into a [`Config`].
 struct Checker<'t> {
@@ -488,6 +506,7 @@ impl Checker<'_> {
                         .deserialize_lenient(value, "access_log")
                         .map(|r| (r, span));
                 }
+                "runtime" => raw.runtime = self.deserialize_lenient(value, "runtime"),
                 "listeners" => {
                     raw.listeners = Some((self.read_array(value, "listeners"), span));
                 }
@@ -570,12 +589,14 @@ impl Checker<'_> {
         let services = self.services(&raw.services);
         let routes = self.routes(&raw.routes, &services);
         let plugins = self.plugins(&raw.plugins, &routes, &services);
+        let runtime = self.runtime(raw.runtime.as_ref());
         Some(Config {
             access_log,
             listeners,
             services,
             routes,
             plugins,
+            runtime,
         })
     }
 
@@ -1083,7 +1104,23 @@ impl Checker<'_> {
     }
 
     fn memory(&mut self, value: &Field<toml::Value>, field: &str) -> usize {
-        let default = usize::try_from(DEFAULT_MEMORY_LIMIT).unwrap_or(usize::MAX);
+        let bytes = self.size(
+            value,
+            field,
+            DEFAULT_MEMORY_LIMIT,
+            MIN_MEMORY_LIMIT..=MAX_MEMORY_LIMIT,
+        );
+        usize::try_from(bytes).unwrap_or(usize::MAX)
+    }
+
+    /// A size (`"64MiB"` or a number of bytes) within `range`, else `default` and a problem.
+    fn size(
+        &mut self,
+        value: &Field<toml::Value>,
+        field: &str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> u64 {
         let Some(value) = value else {
             return default;
         };
@@ -1098,14 +1135,12 @@ impl Checker<'_> {
             )),
         };
         match parsed {
-            Ok(bytes) if (MIN_MEMORY_LIMIT..=MAX_MEMORY_LIMIT).contains(&bytes) => {
-                usize::try_from(bytes).unwrap_or(default)
-            }
+            Ok(bytes) if range.contains(&bytes) => bytes,
             Ok(_) => {
                 let message = format!(
                     "must be between {} and {}",
-                    format_size(MIN_MEMORY_LIMIT),
-                    format_size(MAX_MEMORY_LIMIT)
+                    format_size(*range.start()),
+                    format_size(*range.end())
                 );
                 self.problem(value.span().start, field, message);
                 default
@@ -1114,6 +1149,37 @@ impl Checker<'_> {
                 self.problem(value.span().start, field, message);
                 default
             }
+        }
+    }
+
+    fn runtime(&mut self, raw: Option<&RawRuntime>) -> RuntimeLimits {
+        let defaults = RuntimeLimits::default();
+        let Some(raw) = raw else {
+            return defaults;
+        };
+        let max_instances = match &raw.max_instances {
+            Some(value) => match u32::try_from(*value.get_ref()) {
+                Ok(n) if (1..=runtime::engine::MAX_INSTANCES).contains(&n) => n,
+                _ => {
+                    let message = format!(
+                        "must be between 1 and {}",
+                        runtime::engine::MAX_INSTANCES
+                    );
+                    self.problem(value.span().start, "runtime.max_instances", message);
+                    defaults.max_instances
+                }
+            },
+            None => defaults.max_instances,
+        };
+        let memory_budget = self.size(
+            &raw.memory_budget,
+            "runtime.memory_budget",
+            defaults.memory_budget as u64,
+            MIN_MEMORY_BUDGET..=MAX_MEMORY_BUDGET,
+        );
+        RuntimeLimits {
+            max_instances,
+            memory_budget: usize::try_from(memory_budget).unwrap_or(usize::MAX),
         }
     }
 

@@ -8,6 +8,7 @@
 //! - [`config`] and [`log`]: the config file and the Kong-shaped access log.
 //! - [`testing`]: the offline harness behind `tollgate test`.
 
+pub mod alerts;
 pub mod config;
 pub mod exchange;
 pub mod gateway;

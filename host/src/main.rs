@@ -75,9 +75,9 @@ async fn check(path: &Path) -> anyhow::Result<bool> {
     let Some(config) = load_config(path).await? else {
         return Ok(false);
     };
-    let runtime = Runtime::new()?;
+    let runtime = Runtime::with_limits(config.runtime)?;
     match Gateway::prepare(&config, &runtime).await {
-        Ok(_) => {
+        Ok(prepared) => {
             println!(
                 "{}: ok ({} listeners, {} services, {} routes, {} plugins)",
                 path.display(),
@@ -86,6 +86,14 @@ async fn check(path: &Path) -> anyhow::Result<bool> {
                 config.routes.len(),
                 config.plugins.len()
             );
+            println!(
+                "plugin runtime: {} instance slots, {} memory budget for all instances together",
+                config.runtime.max_instances,
+                gateway::human_bytes(config.runtime.memory_budget)
+            );
+            for route in prepared.route_capacity(config.runtime) {
+                println!("  {route}");
+            }
             Ok(true)
         }
         Err(err) => {
@@ -109,7 +117,7 @@ async fn run(path: &Path) -> anyhow::Result<bool> {
     let Some(config) = load_config(path).await? else {
         return Ok(false);
     };
-    let gateway = Gateway::build(&config, &Runtime::new()?).await?;
+    let gateway = Gateway::build(&config, &Runtime::with_limits(config.runtime)?).await?;
     serve(gateway).await
 }
 
@@ -132,7 +140,7 @@ async fn demo(
     let Some(config) = load_config(&config_path).await? else {
         return Ok(false);
     };
-    let gateway = Gateway::build(&config, &Runtime::new()?).await?;
+    let gateway = Gateway::build(&config, &Runtime::with_limits(config.runtime)?).await?;
     // The bound addresses, which differ from the configured ones when those use port 0.
     let bound = |name: &str, configured: SocketAddr| {
         gateway

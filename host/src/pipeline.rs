@@ -10,12 +10,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue};
-use tollgate_phases::Phase;
+use tollgate_phases::{Phase, PhaseSet};
 
 use crate::exchange::{Context, EarlyResponse, ExchangeState, HandshakeState, ResponseHead};
-use crate::runtime::{HostCall, PhaseCall, Plugin, PluginError, PluginInstance, Scope};
+use crate::runtime::{
+    HostCall, PhaseCall, Plugin, PluginError, PluginFault, PluginInstance, Scope, Stage,
+};
 use crate::tls::{ClientVerify, TlsPolicy};
 
 /// One plugin's phase call, as the harness reports it.
@@ -104,16 +106,28 @@ pub async fn run_certificate_phase(
             }
         };
         if let Err(err) = result {
-            if !plugin.fail_open() {
+            report_failure(&err, Some(client_addr));
+            if !plugin.fail_open() || err.is_capacity() {
                 return Err((err, outcome.trace));
             }
-            tracing::warn!(%err, "fail-open plugin skipped");
             outcome.skipped_failures.push(err);
         }
     }
     outcome.policy = state.policy;
     outcome.context = state.context;
     Ok(outcome)
+}
+
+/// Tells the operator, at warn and rate-limited per plugin and kind, that a plugin call failed.
+fn report_failure(err: &PluginError, client: Option<SocketAddr>) {
+    crate::alerts::warn_plugin(
+        &err.plugin,
+        err.kind(),
+        format_args!(
+            "{err} (client {})",
+            client.map_or_else(|| "-".to_owned(), |addr| addr.to_string())
+        ),
+    );
 }
 
 fn trace(
@@ -146,11 +160,27 @@ pub const PLUGIN_FAILURE: (u16, &str, &str) = (
     r#"{"message":"An unexpected error occurred"}"#,
 );
 
-/// The response head and body the client gets when a plugin fails closed.
-pub fn plugin_failure_response() -> (ResponseHead, Bytes) {
-    let (status, content_type, body) = PLUGIN_FAILURE;
+/// The answer when the gateway has no room for a request's plugins (no instance slot, or the
+/// plugin memory budget spent): status, seconds for `Retry-After`, body.
+pub const AT_CAPACITY: (u16, u32, &str) = (
+    503,
+    1,
+    r#"{"message":"The gateway is at capacity, retry later"}"#,
+);
+
+/// The response head and body the client gets when a plugin fails closed: Kong's 500, or a 503
+/// with `Retry-After` when the gateway, not the plugin, ran out of room.
+pub fn plugin_failure_response(err: &PluginError) -> (ResponseHead, Bytes) {
+    let (_, content_type, _) = PLUGIN_FAILURE;
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let (status, body) = if err.is_capacity() {
+        let (status, retry_after, body) = AT_CAPACITY;
+        headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
+        (status, body)
+    } else {
+        (PLUGIN_FAILURE.0, PLUGIN_FAILURE.2)
+    };
     headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     (
         ResponseHead { status, headers },
@@ -218,9 +248,38 @@ impl Exchange {
         self.state().logged_client_verify()
     }
 
-    /// Runs rewrite, then access unless a plugin already answered. The gateway and the harness
-    /// both start a request here.
+    /// Admission: whether the runtime has an instance slot for every plugin of the chain that
+    /// runs in a request phase. Checked before any plugin runs, so a gateway at capacity
+    /// answers 503 at once instead of failing plugin after plugin.
+    pub fn admit(&self) -> Result<(), PluginError> {
+        let needing: Vec<&Arc<Plugin>> = self
+            .plugins
+            .iter()
+            .filter(|plugin| plugin.phases().intersects(PhaseSet::REQUEST))
+            .collect();
+        let Some(first) = needing.first() else {
+            return Ok(());
+        };
+        let capacity = first.capacity();
+        if capacity.has_room_for(needing.len()) {
+            return Ok(());
+        }
+        let err = PluginError {
+            plugin: first.name().to_owned(),
+            stage: Stage::Instantiate,
+            fault: PluginFault::AtCapacity(capacity.limits().max_instances),
+        };
+        report_failure(&err, Some(self.state().connection.client_addr));
+        Err(err)
+    }
+
+    /// Admits the request, then runs rewrite, then access unless a plugin already answered.
+    /// The gateway and the harness both start a request here.
     pub async fn request_phases(&mut self) -> Result<Decision, PluginError> {
+        if let Err(err) = self.admit() {
+            self.failures.push(err.clone());
+            return Err(err);
+        }
         self.rewrite().await?;
         if self.state().exit.is_none() {
             self.access().await?;
@@ -296,11 +355,10 @@ impl Exchange {
             .map(|chunk| chunk.unwrap_or_default())
     }
 
-    /// Runs log. Failures are recorded, never returned: the response is already sent.
+    /// Runs log. Failures are recorded (and reported), never returned: the response is
+    /// already sent.
     pub async fn log(&mut self) {
-        if let Err(err) = self.run(Phase::Log, None).await {
-            tracing::warn!(%err, "plugin failed in log phase");
-        }
+        let _ = self.run(Phase::Log, None).await;
     }
 
     /// The request's final state, trace and failures.
@@ -332,11 +390,11 @@ impl Exchange {
                 *chunk = Bytes::from(replacement);
             }
             if let Err(err) = result {
+                report_failure(&err, Some(self.state().connection.client_addr));
                 self.failures.push(err.clone());
-                if !plugin.fail_open() {
+                if !plugin.fail_open() || err.is_capacity() {
                     return Err(err);
                 }
-                tracing::warn!(%err, "fail-open plugin skipped");
             }
         }
         Ok(body.map(|(chunk, _)| chunk))

@@ -125,6 +125,11 @@ impl PhaseSet {
         PhaseSet(self.0 | phase.bit())
     }
 
+    /// Whether the two sets share a phase.
+    pub const fn intersects(self, other: PhaseSet) -> bool {
+        self.0 & other.0 != 0
+    }
+
     /// Whether the set has no phase.
     pub const fn is_empty(self) -> bool {
         self.0 == 0

@@ -5,6 +5,7 @@
 //! [`Gateway::serve`] accepts connections until shutdown, then drains in-flight requests.
 
 mod body;
+mod capacity_report;
 mod chains;
 mod connection;
 pub mod demo;
@@ -25,6 +26,7 @@ use crate::proxy::upstream::{Upstream, UpstreamSettings};
 use crate::runtime::{PluginSpec, Runtime};
 use crate::tls::{self, ListenerTls, ServerCertificate, TrustAnchors};
 
+pub use capacity_report::{RouteCapacity, human_bytes};
 pub use chains::{Chain, Chains};
 
 /// How long in-flight requests may take to finish after a shutdown signal.

@@ -74,9 +74,9 @@ fn kong_error(status: StatusCode, message: &str) -> (ResponseHead, Bytes) {
     )
 }
 
+/// The client's answer to a fail-closed plugin failure (already reported by the pipeline).
 fn plugin_failure(err: &PluginError) -> (ResponseHead, Bytes) {
-    tracing::error!(%err, "request failed in a plugin");
-    plugin_failure_response()
+    plugin_failure_response(err)
 }
 
 fn upstream_failure(err: &UpstreamError) -> (ResponseHead, Bytes) {

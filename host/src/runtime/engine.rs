@@ -1,8 +1,5 @@
 //! Engine policy: every wasmtime setting and sandbox limit in one place.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
@@ -21,8 +18,36 @@ pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
 /// need tens of MiB; the pooling allocator reserves address space for this much per memory slot.
 pub const MAX_MEMORY_LIMIT: usize = 1 << 30;
 
-/// Plugin instances alive at once, across all plugins (one per plugin per in-flight request).
-pub const MAX_LIVE_INSTANCES: u32 = 1000;
+/// Default number of plugin instances alive at once, across all plugins (one per plugin per
+/// in-flight request). Each is a slot of the pooling allocator, reserved up front.
+pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+
+/// Largest accepted `max_instances`: each slot reserves address space for its memories.
+pub const MAX_INSTANCES: u32 = 10_000;
+
+/// Default budget of linear memory and tables for all live instances together. A request
+/// arriving when the budget is spent fails with 503 instead of pushing the host into swap or
+/// the OOM killer.
+pub const DEFAULT_MEMORY_BUDGET: usize = 1 << 30;
+
+/// Bytes counted against a memory cap per table element (a function reference).
+pub const TABLE_ELEMENT_BYTES: usize = 8;
+
+/// How much output (log lines, stdout, stderr) one call of a plugin may write; the rest is
+/// dropped and counted, so a plugin that logs in a loop cannot flood the host's log.
+pub const MAX_OUTPUT_PER_CALL: usize = 16 << 10;
+
+/// Longest log line kept from a plugin; the rest of a longer line is cut.
+pub const MAX_LOG_LINE: usize = 4096;
+
+/// Headers a plugin may leave in a request or response head, and their total size. Past
+/// either, `set-header` and `exit` answer `invalid-argument`.
+pub const MAX_HEADERS: usize = 256;
+/// See [`MAX_HEADERS`].
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+
+/// Largest body a plugin may answer with (`exit`) or put in place of a chunk (`set-body-chunk`).
+pub const MAX_PLUGIN_BODY: usize = 8 << 20;
 
 /// Core instances in one component. A componentized wasm32-wasip1 module has a handful; a
 /// componentize-py component has a few dozen.
@@ -43,14 +68,15 @@ const MAX_WASM_STACK: usize = 1 << 20;
 /// Host stack of the fiber a plugin call runs on; must exceed `MAX_WASM_STACK`.
 const ASYNC_STACK: usize = 2 << 20;
 
-/// Builds the process's one engine.
-pub fn build_engine() -> wasmtime::Result<Engine> {
+/// Builds the process's one engine, its instance pool sized for `max_instances`.
+pub fn build_engine(max_instances: u32) -> wasmtime::Result<Engine> {
+    let max_instances = max_instances.clamp(1, MAX_INSTANCES);
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(MAX_LIVE_INSTANCES)
-        .total_core_instances(MAX_LIVE_INSTANCES * 8)
-        .total_memories(MAX_LIVE_INSTANCES * 2)
-        .total_tables(MAX_LIVE_INSTANCES * 8)
-        .total_stacks(MAX_LIVE_INSTANCES)
+    pool.total_component_instances(max_instances)
+        .total_core_instances(max_instances * 8)
+        .total_memories(max_instances * 2)
+        .total_tables(max_instances * 8)
+        .total_stacks(max_instances)
         .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
         .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
         .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
@@ -74,62 +100,22 @@ pub fn build_engine() -> wasmtime::Result<Engine> {
     Engine::new(&config)
 }
 
-/// Deadline, in epoch ticks, for a call limited to `limit`.
-pub fn deadline_ticks(limit: Duration) -> u64 {
-    (limit.as_nanos().div_ceil(EPOCH_TICK.as_nanos())).max(1) as u64
-}
-
-/// A thread that advances the engine's epoch every [`EPOCH_TICK`], which is what makes call
-/// deadlines fire. Stops when dropped.
-#[derive(Debug)]
-pub struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EpochTicker {
-    /// Starts ticking `engine`'s epoch.
-    pub fn start(engine: &Engine) -> std::io::Result<EpochTicker> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let weak = engine.weak();
-        let thread = std::thread::Builder::new()
-            .name("tollgate-epoch".into())
-            .spawn({
-                let stop = stop.clone();
-                move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(EPOCH_TICK);
-                        match weak.upgrade() {
-                            Some(engine) => engine.increment_epoch(),
-                            None => break,
-                        }
-                    }
+/// Starts the thread that advances `engine`'s epoch every [`EPOCH_TICK`], which is what makes call
+/// deadlines fire and long calls yield. The thread holds only a weak reference and ends when the
+/// engine is gone: the engine lives as long as anything that can run a plugin (every compiled
+/// plugin holds it), so the ticker does too, whatever the caller keeps or drops.
+pub fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("tollgate-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
                 }
-            })?;
-        Ok(EpochTicker {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deadline_rounds_up_to_whole_ticks() {
-        assert_eq!(deadline_ticks(Duration::from_millis(100)), 50);
-        assert_eq!(deadline_ticks(Duration::from_millis(3)), 2);
-        assert_eq!(deadline_ticks(Duration::from_micros(1)), 1);
-    }
+            }
+        })?;
+    Ok(())
 }

@@ -113,8 +113,13 @@ pub enum PluginFault {
     ConfigRejected(String),
     /// The call ran past its CPU deadline.
     Timeout(Duration),
-    /// The instance tried to grow its memory past the cap.
+    /// The instance tried to grow its memories and tables past its cap.
     MemoryLimit(usize),
+    /// All live instances together would have passed the process-wide memory budget.
+    MemoryBudget(usize),
+    /// Every instance slot is taken: the gateway is at capacity. Never skipped as fail-open,
+    /// since a skipped plugin could let through what it guards; the request gets a 503.
+    AtCapacity(u32),
     /// The guest trapped (panic, unreachable, out-of-bounds access, ...).
     Trap(String),
     /// No instance could be created.
@@ -134,6 +139,15 @@ impl fmt::Display for PluginFault {
             PluginFault::MemoryLimit(limit) => {
                 write!(f, "exceeded its memory limit of {} bytes", limit)
             }
+            PluginFault::MemoryBudget(budget) => write!(
+                f,
+                "could not grow its memory: all plugin instances together are at the \
+                 process-wide budget of {budget} bytes"
+            ),
+            PluginFault::AtCapacity(slots) => write!(
+                f,
+                "could not get an instance: all {slots} plugin instance slots are in use"
+            ),
             PluginFault::Trap(message) => write!(f, "trapped: {message}"),
             PluginFault::Instantiate(message) => write!(f, "could not be instantiated: {message}"),
         }
@@ -158,6 +172,31 @@ impl PluginError {
         match self.stage {
             Stage::Phase(phase) => Some(phase),
             _ => None,
+        }
+    }
+
+    /// Whether the gateway, not the plugin, ran out of room: no instance slot or no memory left
+    /// in the process-wide budget. The request is then answered 503, and a fail-open plugin is
+    /// not skipped.
+    pub fn is_capacity(&self) -> bool {
+        matches!(
+            self.fault,
+            PluginFault::AtCapacity(_) | PluginFault::MemoryBudget(_)
+        )
+    }
+
+    /// A short name of the failure's kind, for logs and metrics: `failed`, `config_rejected`,
+    /// `timeout`, `memory_limit`, `memory_budget`, `at_capacity`, `trap`, `instantiate`.
+    pub fn kind(&self) -> &'static str {
+        match self.fault {
+            PluginFault::Failed(_) => "failed",
+            PluginFault::ConfigRejected(_) => "config_rejected",
+            PluginFault::Timeout(_) => "timeout",
+            PluginFault::MemoryLimit(_) => "memory_limit",
+            PluginFault::MemoryBudget(_) => "memory_budget",
+            PluginFault::AtCapacity(_) => "at_capacity",
+            PluginFault::Trap(_) => "trap",
+            PluginFault::Instantiate(_) => "instantiate",
         }
     }
 }

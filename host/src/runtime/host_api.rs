@@ -12,6 +12,8 @@ use super::bindings::{
     HostError, LogLevel, balancer, client_tls, connection, context, plugin_log, request, response,
     types,
 };
+use super::engine::{MAX_HEADER_BYTES, MAX_HEADERS, MAX_LOG_LINE, MAX_PLUGIN_BODY};
+use super::output::log_line;
 use super::store::{HostCall, PluginStore, Scope};
 use crate::exchange::{
     Context, EarlyResponse, ExchangeState, HandshakeState, MAX_CONTEXT_ENTRIES, MAX_CONTEXT_VALUE,
@@ -131,6 +133,50 @@ fn header_name(name: &str) -> HostResult<HeaderName> {
 
 fn header_value(value: &str) -> HostResult<HeaderValue> {
     HeaderValue::from_str(value).map_err(|_| invalid(format!("invalid header value: {value:?}")))
+}
+
+/// Refuses a `set-header` that would take a head past [`MAX_HEADERS`] or [`MAX_HEADER_BYTES`]:
+/// a guest must not make the host hold (or a peer receive) an unbounded head.
+fn check_room_for(headers: &HeaderMap, name: &HeaderName, value: &HeaderValue) -> HostResult<()> {
+    let replaced = headers.get_all(name).iter().count();
+    let replaced_bytes: usize = headers
+        .get_all(name)
+        .iter()
+        .map(|old| name.as_str().len() + old.len())
+        .sum();
+    let count = headers.len() - replaced + 1;
+    let bytes = head_bytes(headers) - replaced_bytes + name.as_str().len() + value.len();
+    check_head_size(count, bytes)
+}
+
+fn check_head_size(count: usize, bytes: usize) -> HostResult<()> {
+    if count > MAX_HEADERS {
+        return Err(invalid(format!(
+            "too many headers: a head may carry at most {MAX_HEADERS}"
+        )));
+    }
+    if bytes > MAX_HEADER_BYTES {
+        return Err(invalid(format!(
+            "headers too large: a head may carry at most {MAX_HEADER_BYTES} bytes of names and values"
+        )));
+    }
+    Ok(())
+}
+
+fn head_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum()
+}
+
+fn check_body(len: usize) -> HostResult<()> {
+    if len > MAX_PLUGIN_BODY {
+        return Err(invalid(format!(
+            "body too large: {len} bytes, at most {MAX_PLUGIN_BODY}"
+        )));
+    }
+    Ok(())
 }
 
 fn header_list(headers: &HeaderMap) -> Vec<(String, String)> {
@@ -343,7 +389,9 @@ impl request::Host for PluginStore {
             || args,
             |store| {
                 let (name, value) = (header_name(&name)?, header_value(&value)?);
-                store.exchange()?.request.headers.insert(name, value);
+                let headers = &mut store.exchange()?.request.headers;
+                check_room_for(headers, &name, &value)?;
+                headers.insert(name, value);
                 Ok(())
             },
         )
@@ -378,6 +426,11 @@ impl response::Host for PluginStore {
                 if !(100..=999).contains(&status) {
                     return Err(invalid(format!("invalid status code: {status}")));
                 }
+                check_body(body.len())?;
+                check_head_size(
+                    headers.len(),
+                    headers.iter().map(|(name, value)| name.len() + value.len()).sum(),
+                )?;
                 let mut map = HeaderMap::new();
                 for (name, value) in &headers {
                     map.append(header_name(name)?, header_value(value)?);
@@ -420,7 +473,9 @@ impl response::Host for PluginStore {
             || args,
             |store| {
                 let (name, value) = (header_name(&name)?, header_value(&value)?);
-                response_head(store)?.headers.insert(name, value);
+                let headers = &mut response_head(store)?.headers;
+                check_room_for(headers, &name, &value)?;
+                headers.insert(name, value);
                 Ok(())
             },
         )
@@ -445,6 +500,7 @@ impl response::Host for PluginStore {
             HostFunction::SetBodyChunk,
             || args,
             |store| {
+                check_body(chunk.len())?;
                 store.exchange()?.body_chunk = Some(chunk);
                 Ok(())
             },
@@ -530,13 +586,19 @@ impl context::Host for PluginStore {
 
 impl plugin_log::Host for PluginStore {
     fn log(&mut self, level: LogLevel, message: String) -> HostResult<()> {
-        let args = format!("{level:?}, {message:?}");
+        let args = shorten(&format!("{level:?}, {message:?}"));
         self.guarded(
             HostFunction::Log,
             || args,
             |store| {
+                // Counted against the call's output allowance like stdout and stderr; past it
+                // the line is dropped (and counted), not an error: logging must not fail a call.
+                if !store.output.take(message.len().min(MAX_LOG_LINE) + 1) {
+                    return Ok(());
+                }
                 let plugin = &*store.plugin;
                 let phase = store.phase.map_or("configure", Phase::name);
+                let message = log_line(&message);
                 macro_rules! emit {
                     ($level:ident) => {
                         tracing::$level!(target: "tollgate::plugin", plugin, phase, "{message}")

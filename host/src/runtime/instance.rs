@@ -8,9 +8,11 @@ use wasmtime::{Store, Trap};
 
 use super::Plugin;
 use super::bindings::{self, WitPhase};
-use super::engine::deadline_ticks;
+use super::capacity::InstanceSlot;
 use super::error::{PluginError, PluginFault, Stage};
-use super::store::{HostCall, PluginStore, Scope, install_limiter};
+use super::store::{
+    HostCall, InstanceMemory, MemoryRefusal, PluginStore, Scope, begin_call, install_limits,
+};
 
 /// A plugin instance for one connection's certificate phase or one request's phases. After a
 /// failed call it must not be entered again: callers drop it and make a new one if needed.
@@ -18,6 +20,8 @@ pub struct PluginInstance {
     plugin: Arc<Plugin>,
     store: Store<PluginStore>,
     bindings: bindings::Plugin,
+    /// The pool slot this instance holds until it is dropped.
+    _slot: InstanceSlot,
 }
 
 impl std::fmt::Debug for PluginInstance {
@@ -54,10 +58,20 @@ impl PhaseCall<'_> {
 impl PluginInstance {
     /// Instantiates `plugin` and hands it its configuration.
     pub async fn new(plugin: Arc<Plugin>, record_calls: bool) -> Result<Self, PluginError> {
-        let data = PluginStore::new(plugin.name.clone(), plugin.memory_limit, record_calls);
+        let Some(slot) = plugin.capacity.try_slot() else {
+            let slots = plugin.capacity.limits().max_instances;
+            return Err(plugin.error(Stage::Instantiate, PluginFault::AtCapacity(slots)));
+        };
+        let memory = InstanceMemory::new(plugin.memory_limit, plugin.capacity.clone());
+        let data = PluginStore::new(
+            plugin.name.clone(),
+            memory,
+            plugin.time_limit,
+            record_calls,
+        );
         let mut store = Store::new(plugin.pre.engine(), data);
-        install_limiter(&mut store);
-        store.set_epoch_deadline(deadline_ticks(plugin.time_limit));
+        install_limits(&mut store);
+        begin_call(&mut store);
         let bindings = match plugin.pre.instantiate_async(&mut store).await {
             Ok(bindings) => bindings,
             Err(err) => {
@@ -69,6 +83,7 @@ impl PluginInstance {
             plugin,
             store,
             bindings,
+            _slot: slot,
         };
         instance.configure().await?;
         Ok(instance)
@@ -76,13 +91,13 @@ impl PluginInstance {
 
     async fn configure(&mut self) -> Result<(), PluginError> {
         self.store.data_mut().phase = None;
-        self.store
-            .set_epoch_deadline(deadline_ticks(self.plugin.time_limit));
+        begin_call(&mut self.store);
         let result = self
             .bindings
             .tollgate_plugin_handler()
             .call_configure(&mut self.store, &self.plugin.config_json)
             .await;
+        self.end_call(None);
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(self
@@ -97,14 +112,14 @@ impl PluginInstance {
 
     /// The phases the plugin says it handles.
     pub async fn declared_phases(&mut self) -> Result<Vec<Phase>, PluginError> {
-        self.store
-            .set_epoch_deadline(deadline_ticks(self.plugin.time_limit));
-        match self
+        begin_call(&mut self.store);
+        let result = self
             .bindings
             .tollgate_plugin_handler()
             .call_phases(&mut self.store)
-            .await
-        {
+            .await;
+        self.end_call(None);
+        match result {
             Ok(phases) => Ok(phases.into_iter().map(Phase::from).collect()),
             Err(err) => {
                 let fault = classify(&self.store, &self.plugin, err, PluginFault::Trap);
@@ -125,8 +140,7 @@ impl PluginInstance {
             data.phase = Some(phase);
             data.scope = scope;
         }
-        self.store
-            .set_epoch_deadline(deadline_ticks(self.plugin.time_limit));
+        begin_call(&mut self.store);
         let handler = self.bindings.tollgate_plugin_handler();
         let store = &mut self.store;
         let result = match call {
@@ -148,6 +162,7 @@ impl PluginInstance {
                     .await
             }
         };
+        self.end_call(Some(phase));
         let scope = std::mem::take(&mut self.store.data_mut().scope);
         let outcome = match result {
             Ok(Ok(())) => Ok(()),
@@ -158,6 +173,24 @@ impl PluginInstance {
             scope,
             outcome.map_err(|fault| self.plugin.error(Stage::Phase(phase), fault)),
         )
+    }
+
+    /// Says, rate-limited, when the call wrote more output than it may.
+    fn end_call(&mut self, phase: Option<Phase>) {
+        let dropped = self.store.data().output.take_dropped();
+        if dropped > 0 {
+            let phase = phase.map_or("configure", Phase::name);
+            crate::alerts::warn_plugin(
+                &self.plugin.name,
+                "output_dropped",
+                format_args!(
+                    "plugin {} wrote more than {} bytes of output in one {phase} call; \
+                     {dropped} bytes were dropped",
+                    self.plugin.name,
+                    super::engine::MAX_OUTPUT_PER_CALL
+                ),
+            );
+        }
     }
 
     /// Takes the host calls recorded so far (when recording was asked for).
@@ -173,8 +206,11 @@ fn classify(
     err: wasmtime::Error,
     other: fn(String) -> PluginFault,
 ) -> PluginFault {
-    if store.data().memory.exceeded() {
-        PluginFault::MemoryLimit(store.data().memory.limit())
+    if let Some(refusal) = store.data().memory.refused() {
+        match refusal {
+            MemoryRefusal::InstanceCap(limit) => PluginFault::MemoryLimit(limit),
+            MemoryRefusal::ProcessBudget(budget) => PluginFault::MemoryBudget(budget),
+        }
     } else if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
         PluginFault::Timeout(plugin.time_limit)
     } else if let Some(trap) = err.downcast_ref::<Trap>() {

@@ -12,6 +12,7 @@
 //! ```
 
 mod bindings;
+mod capacity;
 pub mod engine;
 mod error;
 mod host_api;
@@ -30,6 +31,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, HasSelf, Linker};
 
 pub use self::bindings::{HANDLER_EXPORT, WIT_PACKAGE, WIT_VERSION};
+pub use self::capacity::{Capacity, RuntimeLimits};
 pub use self::engine::{DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_LIMIT, MAX_MEMORY_LIMIT};
 pub use self::error::{LoadError, PluginError, PluginFault, Stage};
 pub use self::host_api::NOT_TLS;
@@ -85,6 +87,7 @@ pub struct Plugin {
     fail_open: bool,
     phases: PhaseSet,
     pre: bindings::PluginPre<PluginStore>,
+    capacity: Arc<Capacity>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -123,6 +126,16 @@ impl Plugin {
         self.fail_open
     }
 
+    /// Its cap on memories and tables, per instance.
+    pub fn memory_limit(&self) -> usize {
+        self.memory_limit
+    }
+
+    /// The slots and memory budget its instances draw from.
+    pub fn capacity(&self) -> &Arc<Capacity> {
+        &self.capacity
+    }
+
     /// A fresh, configured instance.
     pub async fn instantiate(
         self: &Arc<Self>,
@@ -151,7 +164,7 @@ struct RuntimeInner {
     linker: Linker<PluginStore>,
     /// Compiled components by file, so a file used by several plugin entries compiles once.
     components: Mutex<HashMap<PathBuf, Component>>,
-    _ticker: engine::EpochTicker,
+    capacity: Arc<Capacity>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -166,25 +179,37 @@ impl std::fmt::Debug for Runtime {
 pub struct RuntimeError(String);
 
 impl Runtime {
-    /// Starts the engine, its epoch ticker and the sandbox's linker.
+    /// Starts the engine with the default [`RuntimeLimits`], its epoch ticker and the
+    /// sandbox's linker.
     pub fn new() -> Result<Runtime, RuntimeError> {
-        let engine = engine::build_engine().map_err(|err| RuntimeError(format!("{err:#}")))?;
+        Runtime::with_limits(RuntimeLimits::default())
+    }
+
+    /// Starts the engine with `limits`, its epoch ticker and the sandbox's linker.
+    pub fn with_limits(limits: RuntimeLimits) -> Result<Runtime, RuntimeError> {
+        let engine = engine::build_engine(limits.max_instances)
+            .map_err(|err| RuntimeError(format!("{err:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| {
                 bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |store| store)
             })
             .map_err(|err| RuntimeError(format!("{err:#}")))?;
-        let ticker = engine::EpochTicker::start(&engine)
+        engine::start_epoch_ticker(&engine)
             .map_err(|err| RuntimeError(format!("epoch thread: {err}")))?;
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
                 linker,
                 components: Mutex::new(HashMap::new()),
-                _ticker: ticker,
+                capacity: Arc::new(Capacity::new(limits)),
             }),
         })
+    }
+
+    /// The slots and memory budget all plugins of this runtime share.
+    pub fn capacity(&self) -> &Arc<Capacity> {
+        &self.inner.capacity
     }
 
     /// The engine.
@@ -217,6 +242,7 @@ impl Runtime {
             fail_open: spec.fail_open,
             phases: PhaseSet::EMPTY,
             pre,
+            capacity: self.inner.capacity.clone(),
         });
         // One instance validates the configuration and says which phases the plugin handles.
         let probe = async {

@@ -3,14 +3,16 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tollgate_phases::Phase;
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store};
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::engine::MAX_TABLE_ELEMENTS;
-use super::output::PluginOutput;
+use super::capacity::Capacity;
+use super::engine::{MAX_TABLE_ELEMENTS, TABLE_ELEMENT_BYTES};
+use super::output::{OutputBudget, PluginOutput};
 use crate::exchange::{ExchangeState, HandshakeState};
 
 /// The state a call works on, lent by the pipeline for one call and taken back after it.
@@ -44,56 +46,106 @@ impl fmt::Display for HostCall {
     }
 }
 
-/// Caps an instance's memories; remembers when it refused, so the failure can be named.
-#[derive(Debug)]
-pub struct MemoryCap {
-    limit: usize,
-    exceeded: bool,
+/// Why a memory or table could not grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryRefusal {
+    /// Past the instance's own cap.
+    InstanceCap(usize),
+    /// Past the process-wide budget of all live instances.
+    ProcessBudget(usize),
 }
 
-impl MemoryCap {
-    /// A cap of `limit` bytes per linear memory.
-    pub fn new(limit: usize) -> Self {
-        MemoryCap {
+/// Counts every linear memory and table of one instance against its cap and against the
+/// process-wide budget; gives the instance's bytes back to the budget when dropped.
+#[derive(Debug)]
+pub struct InstanceMemory {
+    limit: usize,
+    used: usize,
+    capacity: Arc<Capacity>,
+    refused: Option<MemoryRefusal>,
+}
+
+impl InstanceMemory {
+    /// A cap of `limit` bytes for all memories and tables of an instance together.
+    pub fn new(limit: usize, capacity: Arc<Capacity>) -> Self {
+        InstanceMemory {
             limit,
-            exceeded: false,
+            used: 0,
+            capacity,
+            refused: None,
         }
     }
 
-    /// The cap, in bytes.
-    pub fn limit(&self) -> usize {
-        self.limit
+    /// Why a growth was refused, if one was.
+    pub fn refused(&self) -> Option<MemoryRefusal> {
+        self.refused
     }
 
-    /// Whether a growth was refused.
-    pub fn exceeded(&self) -> bool {
-        self.exceeded
+    fn grow(&mut self, current: usize, desired: usize) -> wasmtime::Result<bool> {
+        let delta = desired.saturating_sub(current);
+        let total = self.used.saturating_add(delta);
+        let refusal = if total > self.limit {
+            Some(MemoryRefusal::InstanceCap(self.limit))
+        } else if !self.capacity.reserve_memory(delta) {
+            Some(MemoryRefusal::ProcessBudget(
+                self.capacity.limits().memory_budget,
+            ))
+        } else {
+            None
+        };
+        match refusal {
+            None => {
+                self.used = total;
+                Ok(true)
+            }
+            Some(refusal) => {
+                self.refused = Some(refusal);
+                // An error (not `Ok(false)`) traps the guest here instead of letting it fail
+                // later on an unexpected allocation failure, and lets the host name the cause.
+                match refusal {
+                    MemoryRefusal::InstanceCap(limit) => {
+                        wasmtime::bail!("memory limit of {limit} bytes exceeded")
+                    }
+                    MemoryRefusal::ProcessBudget(budget) => {
+                        wasmtime::bail!("process-wide plugin memory budget of {budget} bytes spent")
+                    }
+                }
+            }
+        }
     }
 }
 
-impl ResourceLimiter for MemoryCap {
+impl Drop for InstanceMemory {
+    fn drop(&mut self) {
+        self.capacity.release_memory(self.used);
+    }
+}
+
+impl ResourceLimiter for InstanceMemory {
+    // Also called when a memory or table is first created (with `current` 0), so the initial
+    // sizes count too.
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
-            self.exceeded = true;
-            // An error (not `Ok(false)`) traps the guest here instead of letting it fail later
-            // on an unexpected allocation failure.
-            wasmtime::bail!("memory limit of {} bytes exceeded", self.limit);
-        }
-        Ok(true)
+        self.grow(current, desired)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        if desired > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.grow(
+            current.saturating_mul(TABLE_ELEMENT_BYTES),
+            desired.saturating_mul(TABLE_ELEMENT_BYTES),
+        )
     }
 }
 
@@ -104,7 +156,12 @@ pub struct PluginStore {
     pub(super) phase: Option<Phase>,
     pub(super) scope: Scope,
     pub(super) calls: Option<Vec<HostCall>>,
-    pub(super) memory: MemoryCap,
+    pub(super) memory: InstanceMemory,
+    /// What the plugin may still write in this call.
+    pub(super) output: Arc<OutputBudget>,
+    /// When the current call started, and how long it may run; the epoch callback ends it then.
+    pub(super) call_started: Instant,
+    pub(super) time_limit: Duration,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -121,10 +178,16 @@ impl fmt::Debug for PluginStore {
 impl PluginStore {
     /// A store for `plugin`: no files, no network, no environment, no real clock; stdout and
     /// stderr go to the host log tagged with the plugin.
-    pub fn new(plugin: Arc<str>, memory_limit: usize, record_calls: bool) -> PluginStore {
+    pub fn new(
+        plugin: Arc<str>,
+        memory: InstanceMemory,
+        time_limit: Duration,
+        record_calls: bool,
+    ) -> PluginStore {
+        let output = Arc::new(OutputBudget::default());
         let wasi = WasiCtxBuilder::new()
-            .stdout(PluginOutput::new(plugin.clone(), "stdout"))
-            .stderr(PluginOutput::new(plugin.clone(), "stderr"))
+            .stdout(PluginOutput::new(plugin.clone(), "stdout", output.clone()))
+            .stderr(PluginOutput::new(plugin.clone(), "stderr", output.clone()))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -136,7 +199,10 @@ impl PluginStore {
             phase: None,
             scope: Scope::Idle,
             calls: record_calls.then(Vec::new),
-            memory: MemoryCap::new(memory_limit),
+            memory,
+            output,
+            call_started: Instant::now(),
+            time_limit,
             wasi,
             table: ResourceTable::new(),
         }
@@ -157,7 +223,25 @@ impl WasiView for PluginStore {
     }
 }
 
-/// Wires the memory cap into `store`.
-pub fn install_limiter(store: &mut Store<PluginStore>) {
+/// Wires the memory cap into `store`, and the time limit: the epoch ticks every
+/// [`EPOCH_TICK`](super::engine::EPOCH_TICK); at each tick a running call yields to the async
+/// scheduler (so a long call never holds a worker thread) until its time is up, then traps.
+pub fn install_limits(store: &mut Store<PluginStore>) {
     store.limiter(|data| &mut data.memory);
+    store.epoch_deadline_callback(|store| {
+        let data = store.data();
+        Ok(if data.call_started.elapsed() >= data.time_limit {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Yield(1)
+        })
+    });
+}
+
+/// Starts the clock and the output allowance of a call.
+pub fn begin_call(store: &mut Store<PluginStore>) {
+    let data = store.data_mut();
+    data.call_started = Instant::now();
+    data.output.refill();
+    store.set_epoch_deadline(1);
 }

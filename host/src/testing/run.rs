@@ -308,7 +308,7 @@ async fn up_to_upstream(
 /// The gateway's 500 after a fail-closed failure; log-phase plugins see it as the response.
 fn failure_response(exchange: &mut Exchange, err: &PluginError) -> ClientResponse {
     let phase = err.phase().unwrap_or(Phase::Rewrite);
-    let (head, body) = plugin_failure_response();
+    let (head, body) = plugin_failure_response(err);
     exchange.state_mut().response = Some(head.clone());
     ClientResponse {
         status: head.status,

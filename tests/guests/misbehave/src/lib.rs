@@ -5,6 +5,10 @@
 //! - `loop` spins forever (the call deadline must stop it);
 //! - `grow` allocates and touches 1 MiB after 1 MiB without end (the memory cap must stop it);
 //! - `trap` panics, which in wasm ends in an `unreachable` trap;
+//! - `flood` writes 100,000 log lines, each with embedded newlines that try to forge host log
+//!   lines, through the log API and to stderr (the per-call output cap must hold it);
+//! - `headers` sets 30,000 distinct request headers (the host must refuse past its bound, not
+//!   panic), then answers 200 with the host's refusal message as the body;
 //! - `ok` does nothing.
 //!
 //! It declares every request phase and misbehaves only in `phase` (default `access`), and, when
@@ -12,7 +16,7 @@
 //! a bad request and then a good one.
 
 use serde::Deserialize;
-use tollgate_sdk::{Phase, PhaseResult, Plugin, request};
+use tollgate_sdk::{Phase, PhaseResult, Plugin, log, request, response};
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -20,6 +24,8 @@ enum Mode {
     Loop,
     Grow,
     Trap,
+    Flood,
+    Headers,
     Ok,
 }
 
@@ -103,6 +109,11 @@ impl Misbehave {
             Mode::Loop => spin(),
             Mode::Grow => grow(),
             Mode::Trap => panic!("misbehave: trapping on purpose in {phase} phase"),
+            Mode::Flood => {
+                flood();
+                Ok(())
+            }
+            Mode::Headers => many_headers(),
             Mode::Ok => Ok(()),
         }
     }
@@ -113,6 +124,28 @@ fn spin() -> ! {
     loop {
         counter = std::hint::black_box(counter.wrapping_add(1));
     }
+}
+
+fn flood() {
+    for line in 0..100_000 {
+        let forged = format!(
+            "flood {line}\n2026-01-01T00:00:00Z  INFO tollgate: forged line {line}\r\u{1b}[2K"
+        );
+        log::info(&forged);
+        eprintln!("{forged}");
+    }
+}
+
+fn many_headers() -> PhaseResult {
+    for index in 0..30_000 {
+        if let Err(refused) = request::set_header(&format!("x-many-{index}"), "value") {
+            let body = format!("refused at header {index}: {refused}");
+            response::exit(200, &[], body.as_bytes())?;
+            return Ok(());
+        }
+    }
+    response::exit(200, &[], b"all 30000 headers accepted")?;
+    Ok(())
 }
 
 fn grow() -> ! {

@@ -1,0 +1,321 @@
+//! The sandbox's promises, through the `tollgate` binary started as a user starts it: a looping,
+//! memory-hungry, log-flooding or header-flooding plugin fails only its own calls, within its
+//! limits, while other routes keep being served; a gateway out of instance slots answers 503 at
+//! once; SIGTERM ends the process while a plugin loops.
+//!
+//! Nothing here keeps a runtime alive on the process's behalf: the gateway under test is a child
+//! process, so a dead epoch ticker or a limit that only a test harness enforces shows up as a
+//! hang or a wrong answer.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tollgate_tests::binary::Tollgate;
+use tollgate_tests::clients::{Reply, plain_get};
+use tollgate_tests::guests;
+
+/// Starts the echo upstream on this test's runtime.
+async fn echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+    let addr = listener.local_addr().expect("echo address");
+    tokio::spawn(tollgate::proxy::echo::serve_echo(
+        listener,
+        std::future::pending(),
+    ));
+    addr
+}
+
+/// A plain listener, the echo service, a healthy catch-all route and a `/bad` route guarded by
+/// the misbehaving guest in `mode`, with `extra` lines for that plugin and `head` before it all.
+fn config(echo: SocketAddr, head: &str, mode: &str, extra: &str) -> String {
+    format!(
+        r#"{head}
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+
+[[services]]
+name = "echo"
+targets = ["{echo}"]
+
+[[routes]]
+name = "healthy"
+paths = ["/"]
+service = "echo"
+
+[[routes]]
+name = "bad"
+paths = ["/bad"]
+service = "echo"
+
+[[plugins]]
+name = "misbehave"
+path = "{path}"
+route = "bad"
+config = {{ mode = "{mode}" }}
+{extra}
+"#,
+        path = guests::MISBEHAVE
+    )
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Reply {
+    plain_get(addr, "localhost", path)
+        .await
+        .unwrap_or_else(|err| panic!("GET {path}: {err}"))
+}
+
+/// Sends `count` GETs of `path` one after another and returns their statuses.
+async fn serial(addr: SocketAddr, path: &'static str, count: usize) -> Vec<u16> {
+    let mut statuses = Vec::with_capacity(count);
+    for _ in 0..count {
+        statuses.push(get(addr, path).await.status);
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_looping_plugin_fails_each_of_its_requests_at_its_time_limit_while_other_routes_serve() {
+    let echo = echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Tollgate::run(
+        dir.path(),
+        &config(echo, "", "loop", "time_limit = \"100ms\""),
+    );
+    let addr = gateway.addr("http");
+
+    // More looping requests at once than the runtime has worker threads: before plugin calls
+    // yielded at each epoch tick, these alone would hold every worker.
+    let looping: Vec<_> = (0..6)
+        .map(|_| {
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let reply = get(addr, "/bad").await;
+                (reply.status, started.elapsed())
+            })
+        })
+        .collect();
+    let healthy = tokio::spawn(serial(addr, "/", 50));
+    let mut slowest = Duration::ZERO;
+    for request in looping {
+        let (status, took) = request.await.unwrap();
+        assert_eq!(status, 500, "a looping plugin's request is a 500");
+        slowest = slowest.max(took);
+    }
+    let statuses = healthy.await.unwrap();
+    assert!(
+        statuses.iter().all(|status| *status == 200),
+        "the healthy route kept answering 200: {statuses:?}"
+    );
+    // The client's own deadline (10 s) is far above the limit; a dead limit hangs until then.
+    assert!(
+        slowest < Duration::from_secs(5),
+        "looping requests were ended by their 100ms limit (slowest took {slowest:?})"
+    );
+    eprintln!("slowest looping request answered in {slowest:?} (time_limit 100ms)");
+    let warnings = gateway
+        .stderr()
+        .into_iter()
+        .filter(|line| line.contains("WARN") && line.contains("exceeded its time limit"))
+        .count();
+    assert!(warnings >= 1, "the timeout was logged at warn");
+    assert!(
+        warnings <= 5,
+        "timeouts are rate-limited per plugin and kind: {warnings} warnings for 6 failures"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_0_within_the_drain_time_while_a_plugin_loops() {
+    let echo = echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = Tollgate::run(
+        dir.path(),
+        &config(echo, "", "loop", "time_limit = \"3s\""),
+    );
+    let addr = gateway.addr("http");
+    let in_flight = tokio::spawn(async move { get(addr, "/bad").await.status });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gateway.signal("TERM");
+    let (status, gateway) = tokio::task::spawn_blocking(move || {
+        let status = gateway.wait(Duration::from_secs(30));
+        (status, gateway)
+    })
+    .await
+    .unwrap();
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "tollgate did not exit after SIGTERM; stderr:\n{}",
+            gateway.stderr().join("\n")
+        )
+    });
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert_eq!(
+        in_flight.await.unwrap(),
+        500,
+        "the in-flight request was answered (its plugin timed out) before exit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_hogs_are_stopped_and_the_process_stays_under_the_plugin_memory_budget() {
+    const BUDGET: u64 = 192 << 20;
+    let echo = echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Tollgate::run(
+        dir.path(),
+        &config(
+            echo,
+            "[runtime]\nmemory_budget = \"192MiB\"\n",
+            "grow",
+            "memory_limit = \"64MiB\"",
+        ),
+    );
+    let addr = gateway.addr("http");
+    let baseline = gateway.rss_bytes();
+    let hogs: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(serial(addr, "/bad", 3)))
+        .collect();
+    let mut peak = 0;
+    let sampling = async {
+        loop {
+            peak = peak.max(gateway.rss_bytes());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let finished = async {
+        let mut statuses = Vec::new();
+        for hog in hogs {
+            statuses.extend(hog.await.unwrap());
+        }
+        statuses
+    };
+    let statuses = tokio::select! {
+        statuses = finished => statuses,
+        _ = sampling => unreachable!(),
+    };
+    for status in &statuses {
+        assert!(
+            *status == 500 || *status == 503,
+            "a memory hog's request fails with 500 (its cap) or 503 (the budget): {statuses:?}"
+        );
+    }
+    assert_eq!(get(addr, "/").await.status, 200, "the gateway still serves");
+    eprintln!(
+        "RSS: {} MiB at start, {} MiB at peak, plugin memory budget {} MiB",
+        baseline >> 20,
+        peak >> 20,
+        BUDGET >> 20
+    );
+    assert!(
+        peak < BUDGET,
+        "the process stayed under the plugin memory budget: peak RSS {peak} bytes"
+    );
+    let lines = gateway.stderr();
+    assert!(
+        lines.iter().any(|line| line.contains("exceeded its memory limit")),
+        "the cap was named in a warning"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_flooding_its_output_is_capped_per_call_and_cannot_forge_log_lines() {
+    let echo = echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Tollgate::run(dir.path(), &config(echo, "", "flood", "time_limit = \"5s\""));
+    let addr = gateway.addr("http");
+    let before = gateway.stderr().len();
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/bad").await.status, 200);
+    }
+    assert_eq!(get(addr, "/").await.status, 200);
+    // The process writes asynchronously; give the reader a moment to catch up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines = gateway.stderr();
+    let written: Vec<&String> = lines[before..].iter().collect();
+    let bytes: usize = written.iter().map(|line| line.len() + 1).sum();
+    eprintln!(
+        "3 requests of 200,000 flood lines each left {} log lines ({bytes} bytes)",
+        written.len()
+    );
+    assert!(
+        bytes < 3 * 64 * 1024,
+        "the plugin's output was capped per call: {bytes} bytes of log for 3 calls"
+    );
+    assert!(
+        !written
+            .iter()
+            .any(|line| line.starts_with("2026-01-01T00:00:00Z")),
+        "no forged log line"
+    );
+    assert!(
+        written.iter().any(|line| line.contains("flood 0\\n")),
+        "the first lines were kept, newlines escaped"
+    );
+    assert!(
+        written
+            .iter()
+            .any(|line| line.contains("WARN") && line.contains("bytes were dropped")),
+        "the dropped output was reported"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_setting_thirty_thousand_headers_is_refused_and_nothing_panics() {
+    let echo = echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Tollgate::run(
+        dir.path(),
+        &config(echo, "", "headers", "time_limit = \"5s\""),
+    );
+    let addr = gateway.addr("http");
+    let reply = get(addr, "/bad").await;
+    assert_eq!(reply.status, 200);
+    let body = String::from_utf8_lossy(&reply.body).into_owned();
+    assert!(
+        body.starts_with("refused at header") && body.contains("too many headers"),
+        "the host answered invalid-argument past its bound: {body}"
+    );
+    assert_eq!(get(addr, "/").await.status, 200, "the gateway still serves");
+    assert!(
+        !gateway.stderr().iter().any(|line| line.contains("panicked")),
+        "no worker panicked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn out_of_instance_slots_a_request_gets_503_with_retry_after_and_fail_open_is_not_skipped() {
+    let echo = echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Two slots: two looping requests hold both for up to 2 s each.
+    let extra = format!(
+        "time_limit = \"2s\"\n\n[[plugins]]\nname = \"tagger\"\npath = \"{}\"\nroute = \"healthy\"\n\
+         fail_open = true\nconfig = {{ actions = {{ access = [{{ call = \"set_request_header\", \
+         name = \"x-tagged\", value = \"yes\" }}] }} }}\n",
+        guests::SCRIPTED
+    );
+    let gateway = Tollgate::run(
+        dir.path(),
+        &config(echo, "[runtime]\nmax_instances = 2\n", "loop", &extra),
+    );
+    let addr = gateway.addr("http");
+    let looping: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { get(addr, "/bad").await.status }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = get(addr, "/").await;
+    assert_eq!(refused.status, 503, "no slot left: 503, not a skipped plugin");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    for request in looping {
+        assert_eq!(request.await.unwrap(), 500);
+    }
+    let served = get(addr, "/").await;
+    assert_eq!(served.status, 200);
+    assert_eq!(
+        served.upstream_header("x-tagged").as_deref(),
+        Some("yes"),
+        "with slots free again the fail-open plugin ran"
+    );
+}
