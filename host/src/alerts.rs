@@ -33,13 +33,11 @@ fn admit(key: (&str, &'static str)) -> Option<u64> {
     if windows.len() >= MAX_KEYS && !windows.contains_key(&(key.0.to_owned(), key.1)) {
         windows.clear();
     }
-    let window = windows
-        .entry((key.0.to_owned(), key.1))
-        .or_insert(Window {
-            started: now,
-            sent: 0,
-            held_back: 0,
-        });
+    let window = windows.entry((key.0.to_owned(), key.1)).or_insert(Window {
+        started: now,
+        sent: 0,
+        held_back: 0,
+    });
     if now.duration_since(window.started) >= WINDOW {
         window.started = now;
         window.sent = 0;

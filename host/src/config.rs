@@ -432,8 +432,7 @@ struct RawConfig {
     plugins: Vec<Element<RawPlugin>>,
 }
 
-const SECTIONS: &str =
-    "`access_log`, `runtime`, `listeners`, `services`, `routes`, `plugins`";
+const SECTIONS: &str = "`access_log`, `runtime`, `listeners`, `services`, `routes`, `plugins`";
 
 /// Collects problems while turning the text into a [`Config`].
 struct Checker<'t> {
@@ -1161,10 +1160,8 @@ impl Checker<'_> {
             Some(value) => match u32::try_from(*value.get_ref()) {
                 Ok(n) if (1..=runtime::engine::MAX_INSTANCES).contains(&n) => n,
                 _ => {
-                    let message = format!(
-                        "must be between 1 and {}",
-                        runtime::engine::MAX_INSTANCES
-                    );
+                    let message =
+                        format!("must be between 1 and {}", runtime::engine::MAX_INSTANCES);
                     self.problem(value.span().start, "runtime.max_instances", message);
                     defaults.max_instances
                 }

@@ -12,6 +12,7 @@ pub mod alerts;
 pub mod config;
 pub mod exchange;
 pub mod gateway;
+pub mod lifecycle;
 pub mod log;
 pub mod pipeline;
 pub mod proxy;

@@ -28,12 +28,13 @@ use std::time::{Duration, Instant};
 /// find it wherever cargo put it, `CARGO_TARGET_DIR` included.
 pub fn tollgate_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable's path");
-    // <target>/release/deps/<test>-<hash>
-    let release = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test executable lives in <target>/<profile>/deps");
-    let path = release.join("tollgate");
+    // Tests run from <target>/release/deps/<test>-<hash>, binaries from <target>/release/.
+    let dir = exe.parent().expect("the executable's directory");
+    let path = [dir, dir.parent().unwrap_or(dir)]
+        .iter()
+        .map(|dir| dir.join("tollgate"))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| dir.join("tollgate"));
     assert!(
         path.is_file(),
         "{} is missing: build it with `cargo build --release -p tollgate` (scripts/test does)",
@@ -218,8 +219,8 @@ impl Tollgate {
 
     /// The resident set size of the process, in bytes (from `/proc`).
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("/proc status");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
         status
             .lines()
             .find_map(|line| line.strip_prefix("VmRSS:"))

@@ -348,7 +348,7 @@ fn unknown_section_and_nested_unknown_key() {
     assert_eq!(
         lines[1],
         "$DIR/tollgate.toml:7:2: upstreams: unknown section `upstreams`, expected one of \
-             `access_log`, `listeners`, `services`, `routes`, `plugins`"
+             `access_log`, `runtime`, `listeners`, `services`, `routes`, `plugins`"
     );
 }
 

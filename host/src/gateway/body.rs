@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// A boxed error, as hyper accepts in bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -19,12 +19,30 @@ pub const PUMP_DEPTH: usize = 4;
 #[derive(Debug)]
 pub struct PumpedBody {
     frames: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+    /// Told when hyper first asks for a frame: by then the response head is written.
+    first_poll: Option<oneshot::Sender<()>>,
 }
 
 impl PumpedBody {
     /// A body fed by `frames`; a sent error aborts the response.
     pub fn new(frames: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>) -> Self {
-        PumpedBody { frames }
+        PumpedBody {
+            frames,
+            first_poll: None,
+        }
+    }
+
+    /// Like [`PumpedBody::new`], and tells `first_poll` when hyper first asks for a frame. An
+    /// error sent before that would make hyper drop the connection without the response head;
+    /// after it, the client gets the head and then sees the body cut off.
+    pub fn signalling(
+        frames: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+        first_poll: oneshot::Sender<()>,
+    ) -> Self {
+        PumpedBody {
+            frames,
+            first_poll: Some(first_poll),
+        }
     }
 }
 
@@ -36,6 +54,9 @@ impl Body for PumpedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(first_poll) = self.first_poll.take() {
+            let _ = first_poll.send(());
+        }
         self.frames.poll_recv(cx)
     }
 }

@@ -40,8 +40,7 @@ impl Prepared {
                     route: route.name.clone(),
                     instances,
                     worst_memory,
-                    by_slots: (instances > 0)
-                        .then(|| limits.max_instances as usize / instances),
+                    by_slots: (instances > 0).then(|| limits.max_instances as usize / instances),
                     by_memory: (worst_memory > 0).then(|| limits.memory_budget / worst_memory),
                 }
             })

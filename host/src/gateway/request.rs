@@ -1,31 +1,30 @@
-//! One request through the gateway: route, rewrite, access, balancer and upstream (retrying the
-//! next target on connect failures), header_filter, body_filter while streaming, then log after
-//! the response is finished, on the pump task, never delaying the client.
+//! One request through the gateway: what the client sent becomes a routed [`Exchange`], then
+//! the [`lifecycle`] runs it (rewrite to log) on a task of its own against [`GatewayIo`]: hyper
+//! and the upstream client. The response head goes back to hyper as soon as it is known; the
+//! body streams from that task, which then runs log, never delaying the client.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body::{Body, Frame};
+use http::header::HOST;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::sync::mpsc;
-use tollgate_phases::Phase;
+use tokio::sync::{mpsc, oneshot};
 
 use super::Shared;
-use super::body::{BoxError, PUMP_DEPTH, PumpedBody};
+use super::body::{PUMP_DEPTH, PumpedBody};
 use crate::exchange::{ConnectionFacts, Context, ExchangeState, RequestHead, ResponseHead};
-use crate::log::{
-    Latencies, LogEntry, NamedRef, PluginErrorLog, RequestLog, ResponseLog, ServiceLog, TlsLog,
-    Try, headers_to_map, parse_querystring, request_url, unix_millis,
+use crate::lifecycle::{
+    self, BodyPiece, BoxError, LogDraft, Origin, RequestIo, UpstreamResponse, kong_error,
+    request_head_size,
 };
-use crate::pipeline::{Decision, Exchange, Recording, plugin_failure_response};
+use crate::log::{LogEntry, NamedRef, RequestLog, headers_to_map, parse_querystring, request_url};
+use crate::pipeline::{Exchange, Recording};
 use crate::proxy::forwarding::{add_forwarded, set_forwarded_port, strip_hop_by_hop, upstream_uri};
 use crate::proxy::router::strip_port;
-use crate::proxy::upstream::UpstreamError;
-use crate::runtime::PluginError;
+use crate::proxy::upstream::{UpstreamConnection, UpstreamError};
 
 /// What a connection contributes to each of its requests.
 #[derive(Debug)]
@@ -38,69 +37,16 @@ pub struct ConnectionScope {
     pub local_port: u16,
 }
 
-/// Where the response body comes from.
-enum Source {
-    Upstream(Incoming),
-    Whole(Bytes),
-}
-
-/// What the log entry needs that is known before the response.
-struct Draft {
-    started: Instant,
-    request: RequestLog,
-    client_ip: String,
-    started_at: u64,
-    route: Option<NamedRef>,
-    service: Option<ServiceLog>,
-    upstream_uri: String,
-    tries: Vec<Try>,
-    proxy_ms: i64,
-}
-
-fn kong_error(status: StatusCode, message: &str) -> (ResponseHead, Bytes) {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    let body = Bytes::from(serde_json::json!({ "message": message }).to_string());
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-    (
-        ResponseHead {
-            status: status.as_u16(),
-            headers,
-        },
-        body,
-    )
-}
-
-/// The client's answer to a fail-closed plugin failure (already reported by the pipeline).
-fn plugin_failure(err: &PluginError) -> (ResponseHead, Bytes) {
-    plugin_failure_response(err)
-}
-
-fn upstream_failure(err: &UpstreamError) -> (ResponseHead, Bytes) {
-    tracing::warn!(%err, "upstream failed");
-    let status = err.status();
-    let message = if status == StatusCode::GATEWAY_TIMEOUT {
-        "The upstream server is timing out"
-    } else {
-        "An invalid response was received from the upstream server"
-    };
-    kong_error(status, message)
-}
-
-/// Serves one request.
+/// Serves one request: routes it, then runs its lifecycle on a task of its own and answers
+/// with the response head as soon as that task has it.
 pub async fn handle(
     shared: Arc<Shared>,
     connection: Arc<ConnectionScope>,
     request: Request<Incoming>,
 ) -> Response<PumpedBody> {
-    let started = Instant::now();
     let (mut parts, body) = request.into_parts();
-    let facts = &connection.facts;
-    let tls = facts.tls.is_some();
-    let scheme = if tls { "https" } else { "http" };
+    let facts = connection.facts.clone();
+    let scheme = if facts.tls.is_some() { "https" } else { "http" };
     let host = parts
         .uri
         .host()
@@ -121,9 +67,8 @@ pub async fn handle(
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
 
-    let mut draft = Draft {
-        started,
-        request: RequestLog {
+    let mut draft = LogDraft::new(
+        RequestLog {
             method: method.clone(),
             uri: received_uri.clone(),
             url: request_url(
@@ -135,385 +80,255 @@ pub async fn handle(
             querystring: query.as_deref().map(parse_querystring).unwrap_or_default(),
             headers: headers_to_map(&parts.headers),
             size: request_head_size(&parts.headers, &received_uri, &method)
-                + body.size_hint().exact().unwrap_or(0),
+                + http_body::Body::size_hint(&body).exact().unwrap_or(0),
             tls: None,
         },
-        client_ip: facts.client_addr.ip().to_string(),
-        started_at: unix_millis(SystemTime::now()),
-        route: None,
-        service: None,
-        upstream_uri: String::new(),
-        tries: Vec::new(),
-        proxy_ms: -1,
-    };
+        facts.client_addr.ip().to_string(),
+    );
 
-    let Some(route) = shared.router.route(host.as_deref(), &path, &method) else {
-        let (head, bytes) = kong_error(StatusCode::NOT_FOUND, "no Route matched with those values");
-        return respond(&shared, None, head, Source::Whole(bytes), draft, facts);
-    };
-    draft.route = Some(NamedRef {
-        id: None,
-        name: route.name.clone(),
-    });
-
-    strip_hop_by_hop(&mut parts.headers);
-    let head = RequestHead {
-        method,
-        path,
-        query,
-        headers: std::mem::take(&mut parts.headers),
-    };
-    let chain = shared.chains.for_route(&route.name);
-    let state = ExchangeState::new(facts.clone(), head, connection.context.clone());
-    let mut exchange = Exchange::new(chain, state, Recording::Off);
+    let routed = shared
+        .router
+        .route(host.as_deref(), &path, &method)
+        .map(|route| {
+            draft.route = Some(NamedRef {
+                id: None,
+                name: route.name.clone(),
+            });
+            let service = &shared.services[route.service];
+            draft.service = Some((service.name.clone(), service.protocol.to_string()));
+            strip_hop_by_hop(&mut parts.headers);
+            let head = RequestHead {
+                method,
+                path,
+                query,
+                headers: std::mem::take(&mut parts.headers),
+            };
+            let state = ExchangeState::new(facts.clone(), head, connection.context.clone());
+            let chain = shared.chains.for_route(&route.name);
+            (route.service, Exchange::new(chain, state, Recording::Off))
+        });
     let forwarding = Forwarding {
-        service: &shared.services[route.service],
         scheme,
-        host: host.as_deref(),
+        host,
         local_port: connection.local_port,
         client: facts.client_addr,
     };
-    match forward(&mut exchange, forwarding, parts, body, &mut draft).await {
-        Outcome::Failed(head, bytes) => respond(
-            &shared,
-            Some(exchange),
-            head,
-            Source::Whole(bytes),
-            draft,
-            facts,
-        ),
-        Outcome::Answered(head, bytes) => {
-            filtered(&shared, exchange, head, Source::Whole(bytes), draft, facts).await
+
+    let (head_tx, head_rx) = oneshot::channel();
+    let task_shared = shared.clone();
+    shared.tasks.spawn(async move {
+        let shared = task_shared;
+        let mut io = GatewayIo {
+            shared: &shared,
+            service: routed
+                .as_ref()
+                .map(|(service, _)| &shared.services[*service]),
+            parts,
+            body: Some(body),
+            forwarding,
+            connection: None,
+            head: Some(head_tx),
+            frames: None,
+            head_written: None,
+        };
+        match routed {
+            Some((_, exchange)) => {
+                lifecycle::run_request(exchange, &mut io, draft).await;
+            }
+            None => lifecycle::run_unrouted(&mut io, draft).await,
         }
-        Outcome::Proxied(head, body) => {
-            filtered(
-                &shared,
-                exchange,
-                head,
-                Source::Upstream(body),
-                draft,
-                facts,
-            )
-            .await
+    });
+    match head_rx.await {
+        Ok(response) => response,
+        // The lifecycle task ended without a response head: it panicked.
+        Err(_) => {
+            let (head, body) = kong_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "An unexpected error occurred",
+            );
+            let (frames, receiver) = mpsc::channel(1);
+            let _ = frames.try_send(Ok(Frame::data(body)));
+            response_with(&head, PumpedBody::new(receiver))
         }
     }
 }
 
-/// How a request left the request phases.
-enum Outcome {
-    /// The gateway answers with an error; no filters run on it.
-    Failed(ResponseHead, Bytes),
-    /// A plugin answered in rewrite or access.
-    Answered(ResponseHead, Bytes),
-    /// The upstream answered.
-    Proxied(ResponseHead, Incoming),
-}
-
-/// Where and how a routed request is forwarded.
-struct Forwarding<'a> {
-    service: &'a super::Service,
+/// What the forwarding headers of a routed request say.
+#[derive(Debug)]
+struct Forwarding {
     scheme: &'static str,
-    host: Option<&'a str>,
+    host: Option<String>,
     local_port: u16,
     client: std::net::SocketAddr,
 }
 
-/// rewrite and access, then balancer and the upstream, retrying the next target while no
-/// connection can be made (the request body is only handed over on a live connection).
-async fn forward(
-    exchange: &mut Exchange,
-    to: Forwarding<'_>,
+/// The gateway's side of the lifecycle: the client (the request body, and the response through
+/// hyper), the route's upstream, and the access log.
+struct GatewayIo<'a> {
+    shared: &'a Shared,
+    service: Option<&'a super::Service>,
     parts: http::request::Parts,
-    body: Incoming,
-    draft: &mut Draft,
-) -> Outcome {
-    match exchange.request_phases().await {
-        Err(err) => return failed(plugin_failure(&err)),
-        Ok(Decision::Respond(exit)) => {
-            let head = ResponseHead {
-                status: exit.status,
-                headers: exit.headers,
-            };
-            return Outcome::Answered(head, exit.body.into());
-        }
-        Ok(Decision::Proxy) => {}
-    }
-
-    // Upstream request headers: what plugins left, plus the forwarding headers.
-    let mut headers = exchange.state().request.headers.clone();
-    add_forwarded(&mut headers, to.client.ip(), to.scheme, to.host);
-    set_forwarded_port(&mut headers, to.local_port);
-    // Like Kong's default (preserve_host off): Host names the upstream target.
-    headers.remove(HOST);
-
-    let upstream = &to.service.upstream;
-    let targets: Arc<[String]> = upstream.targets().into();
-    let attempts = upstream.retries() + 1;
-    let mut attempt = 0;
-    let conn = loop {
-        attempt += 1;
-        let balancer_started = Instant::now();
-        let proposed = targets[upstream.next_target()].clone();
-        let target = match exchange.balancer(targets.clone(), proposed, attempt).await {
-            Ok(target) => target,
-            Err(err) => return failed(plugin_failure(&err)),
-        };
-        let (ip, port) = split_target(&target);
-        draft.service = Some(ServiceLog {
-            name: to.service.name.clone(),
-            host: ip.clone(),
-            port,
-            protocol: to.service.protocol.to_string(),
-        });
-        draft.tries.push(Try {
-            ip,
-            port,
-            balancer_latency: balancer_started.elapsed().as_millis() as u64,
-        });
-        match upstream.connect(&target).await {
-            Ok(conn) => break conn,
-            Err(err) if err.is_retryable() && attempt < attempts => {
-                tracing::info!(%err, attempt, "retrying the next upstream target");
-            }
-            Err(err) => return failed(upstream_failure(&err)),
-        }
-    };
-
-    let uri = match upstream_uri(&parts.uri, conn.target(), upstream.is_https()) {
-        Ok(uri) => uri,
-        Err(err) => {
-            tracing::warn!(%err, "cannot build the upstream URI");
-            return failed(kong_error(
-                StatusCode::BAD_GATEWAY,
-                "invalid upstream target",
-            ));
-        }
-    };
-    draft.upstream_uri = uri
-        .path_and_query()
-        .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
-    let mut request = Request::new(body);
-    *request.method_mut() = parts.method;
-    *request.uri_mut() = uri;
-    *request.headers_mut() = headers;
-
-    let proxy_started = Instant::now();
-    let response = conn.send(request).await;
-    draft.proxy_ms = proxy_started.elapsed().as_millis() as i64;
-    match response {
-        Ok(response) => {
-            let (response, body) = response.into_parts();
-            let mut head = ResponseHead {
-                status: response.status.as_u16(),
-                headers: response.headers,
-            };
-            strip_hop_by_hop(&mut head.headers);
-            Outcome::Proxied(head, body)
-        }
-        Err(err) => failed(upstream_failure(&err)),
-    }
+    body: Option<Incoming>,
+    forwarding: Forwarding,
+    connection: Option<UpstreamConnection<'a>>,
+    /// Where the response head goes, until it is sent.
+    head: Option<oneshot::Sender<Response<PumpedBody>>>,
+    /// Where the response body goes, once the head is sent.
+    frames: Option<mpsc::Sender<Result<Frame<Bytes>, BoxError>>>,
+    /// Fires when hyper has written the head and asks for the body.
+    head_written: Option<oneshot::Receiver<()>>,
 }
 
-fn failed((head, bytes): (ResponseHead, Bytes)) -> Outcome {
-    Outcome::Failed(head, bytes)
-}
-
-/// Runs header_filter, then responds with body_filter on the way.
-async fn filtered(
-    shared: &Arc<Shared>,
-    mut exchange: Exchange,
-    head: ResponseHead,
-    source: Source,
-    draft: Draft,
-    facts: &Arc<ConnectionFacts>,
-) -> Response<PumpedBody> {
-    match exchange.response_head(head).await {
-        Ok(head) => respond(shared, Some(exchange), head, source, draft, facts),
-        Err(err) => {
-            let (head, bytes) = plugin_failure(&err);
-            respond(
-                shared,
-                Some(exchange),
-                head,
-                Source::Whole(bytes),
-                draft,
-                facts,
-            )
-        }
-    }
-}
-
-/// Builds the client's response and starts the pump that streams its body, then logs.
-fn respond(
-    shared: &Arc<Shared>,
-    exchange: Option<Exchange>,
-    head: ResponseHead,
-    source: Source,
-    mut draft: Draft,
-    facts: &Arc<ConnectionFacts>,
-) -> Response<PumpedBody> {
-    let (frames, receiver) = mpsc::channel(PUMP_DEPTH);
-    let status = StatusCode::from_u16(head.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = Response::new(PumpedBody::new(receiver));
-    *response.status_mut() = status;
+fn response_with(head: &ResponseHead, body: PumpedBody) -> Response<PumpedBody> {
+    let mut response = Response::new(body);
+    *response.status_mut() =
+        StatusCode::from_u16(head.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     *response.headers_mut() = head.headers.clone();
-
-    if let Some(tls) = &facts.tls {
-        draft.request.tls = Some(TlsLog {
-            version: tls.version.clone(),
-            cipher: tls.cipher.clone(),
-            client_verify: tls.client_verify.to_string(),
-        });
-    }
-    let shared = shared.clone();
-    shared.tasks.clone().spawn(async move {
-        let mut exchange = exchange;
-        let sent = pump(exchange.as_mut(), source, frames).await;
-        let mut plugin_errors = Vec::new();
-        if let Some(mut exchange) = exchange {
-            if exchange.state().response.is_none() {
-                exchange.state_mut().response = Some(head.clone());
-            }
-            exchange.log().await;
-            if let (Some(tls), Some(verify)) =
-                (draft.request.tls.as_mut(), exchange.client_verify())
-            {
-                tls.client_verify = verify.to_string();
-            }
-            plugin_errors = exchange
-                .failures()
-                .iter()
-                .map(|err| PluginErrorLog {
-                    plugin: err.plugin.clone(),
-                    phase: err
-                        .phase()
-                        .map_or_else(|| err.stage.to_string(), |phase| phase.name().to_owned()),
-                    message: err.fault.to_string(),
-                })
-                .collect();
-        }
-        let request_ms = draft.started.elapsed().as_millis() as i64;
-        let entry = LogEntry {
-            request: draft.request,
-            upstream_uri: draft.upstream_uri,
-            response: ResponseLog {
-                status: head.status,
-                headers: headers_to_map(&head.headers),
-                size: response_head_size(&head.headers) + sent,
-            },
-            latencies: Latencies {
-                proxy: draft.proxy_ms,
-                kong: request_ms - draft.proxy_ms.max(0),
-                request: request_ms,
-            },
-            client_ip: draft.client_ip,
-            started_at: draft.started_at,
-            route: draft.route,
-            service: draft.service,
-            tries: draft.tries,
-            plugin_errors,
-        };
-        shared.access_log.write(entry);
-    });
     response
 }
 
-/// Streams the body to the client, through body_filter when the chain has it. Returns the body
-/// bytes sent. Stops early when the client goes away or a fail-closed filter fails.
-async fn pump(
-    mut exchange: Option<&mut Exchange>,
-    source: Source,
-    frames: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
-) -> u64 {
-    let filtering = exchange
-        .as_ref()
-        .is_some_and(|exchange| exchange.has_phase(Phase::BodyFilter));
-    let mut sent = 0u64;
-    let mut forward = async |chunk: Bytes, end_of_stream: bool, sent: &mut u64| -> bool {
-        let chunk = match exchange.as_deref_mut() {
-            Some(exchange) if filtering => match exchange.body_filter(chunk, end_of_stream).await {
-                Ok(chunk) => chunk,
-                Err(err) => {
-                    tracing::error!(%err, "body filter failed; aborting the response");
-                    let _ = frames.send(Err(Box::new(err))).await;
-                    return false;
-                }
-            },
-            _ => chunk,
+fn internal(target: &str, reason: &str) -> UpstreamError {
+    UpstreamError::Other {
+        target: target.to_owned(),
+        source: reason.into(),
+    }
+}
+
+impl RequestIo for GatewayIo<'_> {
+    type UpstreamBody = Incoming;
+
+    fn targets(&self) -> Arc<[String]> {
+        self.service.map_or_else(
+            || Arc::from([]),
+            |service| service.upstream.targets().into(),
+        )
+    }
+
+    fn propose_target(&mut self) -> String {
+        self.service.map_or_else(String::new, |service| {
+            let upstream = &service.upstream;
+            upstream.targets()[upstream.next_target()].clone()
+        })
+    }
+
+    fn attempts(&self) -> u32 {
+        self.service
+            .map_or(1, |service| service.upstream.retries() + 1)
+    }
+
+    async fn connect(&mut self, target: &str) -> Result<(), UpstreamError> {
+        let service = self
+            .service
+            .ok_or_else(|| internal(target, "no upstream service"))?;
+        self.connection = Some(service.upstream.connect(target).await?);
+        Ok(())
+    }
+
+    async fn send(
+        &mut self,
+        head: &RequestHead,
+    ) -> Result<UpstreamResponse<Incoming>, UpstreamError> {
+        let (Some(connection), Some(service)) = (self.connection.take(), self.service) else {
+            return Err(internal("", "no upstream connection"));
         };
-        if chunk.is_empty() {
-            return true;
-        }
-        *sent += chunk.len() as u64;
-        frames.send(Ok(Frame::data(chunk))).await.is_ok()
-    };
-    match source {
-        Source::Whole(bytes) => {
-            forward(bytes, true, &mut sent).await;
-        }
-        Source::Upstream(mut body) => {
-            let mut ended = false;
-            while let Some(frame) = body.frame().await {
-                let frame = match frame {
-                    Ok(frame) => frame,
-                    Err(err) => {
-                        tracing::warn!(%err, "upstream body failed");
-                        let _ = frames.send(Err(Box::new(err))).await;
-                        return sent;
+        let target = connection.target().to_owned();
+        let to = &self.forwarding;
+        // Upstream request headers: what plugins left, plus the forwarding headers.
+        let mut headers = head.headers.clone();
+        add_forwarded(&mut headers, to.client.ip(), to.scheme, to.host.as_deref());
+        set_forwarded_port(&mut headers, to.local_port);
+        // Like Kong's default (preserve_host off): Host names the upstream target.
+        headers.remove(HOST);
+        let uri = upstream_uri(&self.parts.uri, &target, service.upstream.is_https())
+            .map_err(|err| internal(&target, &format!("cannot build the upstream URI: {err}")))?;
+        let logged_uri = uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
+        let body = self
+            .body
+            .take()
+            .ok_or_else(|| internal(&target, "the request body was already sent"))?;
+        let mut request = Request::new(body);
+        *request.method_mut() = self.parts.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        let (response, body) = connection.send(request).await?.into_parts();
+        let mut head = ResponseHead {
+            status: response.status.as_u16(),
+            headers: response.headers,
+        };
+        strip_hop_by_hop(&mut head.headers);
+        Ok(UpstreamResponse {
+            head,
+            body,
+            uri: logged_uri,
+        })
+    }
+
+    async fn next_piece(&mut self, body: &mut Incoming) -> Option<Result<BodyPiece, BoxError>> {
+        loop {
+            let frame = match body.frame().await? {
+                Ok(frame) => frame,
+                Err(err) => return Some(Err(Box::new(err))),
+            };
+            match frame.into_data() {
+                Ok(bytes) => {
+                    let last = http_body::Body::is_end_stream(body);
+                    return Some(Ok(BodyPiece::Data { bytes, last }));
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        return Some(Ok(BodyPiece::Trailers(trailers)));
                     }
-                };
-                match frame.into_data() {
-                    Ok(data) => {
-                        ended = body.is_end_stream();
-                        if !forward(data, ended, &mut sent).await {
-                            return sent;
-                        }
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            if !ended && !forward(Bytes::new(), true, &mut sent).await {
-                                return sent;
-                            }
-                            ended = true;
-                            let _ = frames.send(Ok(Frame::trailers(trailers))).await;
-                        }
-                    }
+                    // A frame kind hyper may add later: not ours to forward.
                 }
             }
-            if !ended {
-                forward(Bytes::new(), true, &mut sent).await;
-            }
         }
     }
-    sent
-}
 
-fn split_target(target: &str) -> (String, u16) {
-    match target.rsplit_once(':') {
-        Some((host, port)) => (
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port.parse().unwrap_or(0),
-        ),
-        None => (target.to_owned(), 0),
+    fn respond(&mut self, head: &ResponseHead, _origin: &Origin) {
+        let Some(sender) = self.head.take() else {
+            return;
+        };
+        let (frames, receiver) = mpsc::channel(PUMP_DEPTH);
+        let (written, head_written) = oneshot::channel();
+        let body = PumpedBody::signalling(receiver, written);
+        if sender.send(response_with(head, body)).is_ok() {
+            self.frames = Some(frames);
+            self.head_written = Some(head_written);
+        }
     }
-}
 
-fn request_head_size(headers: &HeaderMap, uri: &str, method: &str) -> u64 {
-    // Request line plus headers as HTTP/1.1 would carry them.
-    let line = method.len() + uri.len() + 12;
-    (line + header_bytes(headers)) as u64
-}
+    async fn send_data(&mut self, bytes: Bytes) -> bool {
+        match &self.frames {
+            Some(frames) => frames.send(Ok(Frame::data(bytes))).await.is_ok(),
+            None => false,
+        }
+    }
 
-fn response_head_size(headers: &HeaderMap) -> u64 {
-    (17 + header_bytes(headers)) as u64
-}
+    async fn send_trailers(&mut self, trailers: HeaderMap) {
+        if let Some(frames) = &self.frames {
+            let _ = frames.send(Ok(Frame::trailers(trailers))).await;
+        }
+    }
 
-fn header_bytes(headers: &HeaderMap) -> usize {
-    headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum::<usize>()
-        + 2
+    async fn abort(&mut self, reason: BoxError) {
+        tracing::warn!(%reason, "aborting the response");
+        // Let the client have the head first (an error returns at once if the client is gone).
+        if let Some(head_written) = self.head_written.take() {
+            let _ = head_written.await;
+        }
+        if let Some(frames) = self.frames.take() {
+            let _ = frames.send(Err(reason)).await;
+        }
+    }
+
+    fn end_response(&mut self) {
+        // Closing the channel lets hyper finish the response.
+        self.frames = None;
+    }
+
+    fn log(&mut self, entry: LogEntry) {
+        self.shared.access_log.write(entry);
+    }
 }

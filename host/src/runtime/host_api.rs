@@ -429,7 +429,10 @@ impl response::Host for PluginStore {
                 check_body(body.len())?;
                 check_head_size(
                     headers.len(),
-                    headers.iter().map(|(name, value)| name.len() + value.len()).sum(),
+                    headers
+                        .iter()
+                        .map(|(name, value)| name.len() + value.len())
+                        .sum(),
                 )?;
                 let mut map = HeaderMap::new();
                 for (name, value) in &headers {

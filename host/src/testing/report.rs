@@ -174,16 +174,7 @@ impl UpstreamRequest {
     }
 }
 
-/// Where the client's response came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResponseSource {
-    /// The simulated upstream, through header_filter and body_filter.
-    Upstream,
-    /// A plugin's `response.exit` in rewrite or access.
-    PluginExit,
-    /// A fail-closed plugin failure in this phase; the gateway answered 500.
-    PluginFailure(Phase),
-}
+pub use crate::lifecycle::Origin;
 
 /// The response the client would get.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,7 +186,7 @@ pub struct ClientResponse {
     /// The whole body as sent.
     pub body: Vec<u8>,
     /// Where it came from.
-    pub source: ResponseSource,
+    pub source: Origin,
     /// A body_filter failure cut the body short after what is in `body`.
     pub truncated: bool,
 }
@@ -365,10 +356,14 @@ fn write_request(f: &mut fmt::Formatter<'_>, number: usize, r: &RequestReport) -
         None => writeln!(f, "    upstream: not contacted")?,
     }
     let response = &r.response;
-    let source = match response.source {
-        ResponseSource::Upstream => "from upstream".to_owned(),
-        ResponseSource::PluginExit => "from a plugin's response.exit".to_owned(),
-        ResponseSource::PluginFailure(phase) => format!("plugin failure in {phase}"),
+    let source = match &response.source {
+        Origin::Upstream => "from upstream".to_owned(),
+        Origin::PluginExit => "from a plugin's response.exit".to_owned(),
+        Origin::PluginFailure(Some(phase)) => format!("plugin failure in {phase}"),
+        Origin::PluginFailure(None) => {
+            "no plugin instance available: gateway at capacity".to_owned()
+        }
+        Origin::Gateway => "from the gateway".to_owned(),
     };
     writeln!(f, "    response: {} ({source})", response.status)?;
     write_headers(f, "      ", &response.headers)?;

@@ -5,20 +5,19 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use tollgate_phases::Phase;
 
 use super::expect::{check_connection, check_request, not_run};
 use super::report::{
-    ClientResponse, ConnectionReport, NegotiatedTls, PluginSummary, RequestReport, ResponseSource,
+    ClientResponse, ConnectionReport, NegotiatedTls, Origin, PluginSummary, RequestReport,
     ScenarioReport, UpstreamRequest,
 };
 use super::scenario::{ConnectionScenario, RequestScenario, Scenario, ScenarioError};
 use crate::exchange::{ConnectionFacts, ExchangeState, RequestHead, ResponseHead, TlsSession};
-use crate::log::TlsLog;
-use crate::pipeline::{
-    Decision, Exchange, Recording, plugin_failure_response, run_certificate_phase,
-};
-use crate::runtime::{LoadError, Plugin, PluginError, Runtime, RuntimeError};
+use crate::lifecycle::{self, BodyPiece, BoxError, LogDraft, RequestIo, UpstreamResponse};
+use crate::log::{LogEntry, RequestLog, TlsLog};
+use crate::pipeline::{Exchange, Recording, run_certificate_phase};
+use crate::proxy::upstream::UpstreamError;
+use crate::runtime::{LoadError, Plugin, Runtime, RuntimeError};
 use crate::tls::{TlsPolicy, client_identity, encode_chain};
 
 /// Why a scenario could not be run at all (a failed expectation is not an error).
@@ -188,134 +187,157 @@ async fn run_connection(
     });
     for request in &scenario.requests {
         let state = ExchangeState::new(facts.clone(), request_head(request), context.clone());
-        let mut result =
-            run_request(Exchange::new(chain.clone(), state, Recording::On), request).await;
+        let mut result = run_request(
+            Exchange::new(chain.clone(), state, Recording::On),
+            request,
+            &facts,
+        )
+        .await;
         result.expectations = check_request(&request.expect, &result);
         report.requests.push(result);
     }
     report
 }
 
-/// A response head and body chunks on their way through header_filter and body_filter.
-type Pending = (ResponseHead, Vec<Vec<u8>>, ResponseSource);
+/// The harness's side of the lifecycle: the simulated upstream answers from the scenario, and
+/// what the client would get is collected instead of sent.
+struct ScenarioIo<'a> {
+    request: &'a RequestScenario,
+    target: Option<String>,
+    upstream_request: Option<UpstreamRequest>,
+    response: Option<ClientResponse>,
+    log_tls: Option<TlsLog>,
+}
 
-/// One request through the phases, as the gateway will run it.
-async fn run_request(mut exchange: Exchange, request: &RequestScenario) -> RequestReport {
-    let mut upstream_request = None;
-    let response = match up_to_upstream(&mut exchange, request, &mut upstream_request).await {
-        Ok((head, chunks, source)) => match exchange.response_head(head).await {
-            Ok(head) => filter_body(&mut exchange, head, chunks, source).await,
-            Err(err) => failure_response(&mut exchange, &err),
-        },
-        Err(err) => failure_response(&mut exchange, &err),
-    };
-    exchange.log().await;
-    let log_tls = exchange.client_verify().and_then(|verify| {
-        let tls = exchange.state().connection.tls.as_ref()?;
-        Some(TlsLog {
-            version: tls.version.clone(),
-            cipher: tls.cipher.clone(),
-            client_verify: verify.to_string(),
+impl RequestIo for ScenarioIo<'_> {
+    type UpstreamBody = std::vec::IntoIter<Vec<u8>>;
+
+    fn targets(&self) -> Arc<[String]> {
+        self.request.targets.iter().cloned().collect()
+    }
+
+    fn propose_target(&mut self) -> String {
+        self.request.targets.first().cloned().unwrap_or_default()
+    }
+
+    fn attempts(&self) -> u32 {
+        1
+    }
+
+    async fn connect(&mut self, target: &str) -> Result<(), UpstreamError> {
+        self.target = Some(target.to_owned());
+        Ok(())
+    }
+
+    async fn send(
+        &mut self,
+        head: &RequestHead,
+    ) -> Result<UpstreamResponse<Self::UpstreamBody>, UpstreamError> {
+        let uri = match &head.query {
+            Some(query) => format!("{}?{query}", head.path),
+            None => head.path.clone(),
+        };
+        self.upstream_request = Some(UpstreamRequest {
+            target: self.target.clone().unwrap_or_default(),
+            method: head.method.clone(),
+            uri: uri.clone(),
+            headers: header_pairs(&head.headers),
+        });
+        let upstream = &self.request.upstream;
+        Ok(UpstreamResponse {
+            head: ResponseHead {
+                status: upstream.status,
+                headers: header_map(&upstream.headers),
+            },
+            body: upstream.body.clone().into_iter(),
+            uri,
         })
-    });
-    let (_, trace, plugin_errors) = exchange.finish();
+    }
+
+    async fn next_piece(
+        &mut self,
+        body: &mut Self::UpstreamBody,
+    ) -> Option<Result<BodyPiece, BoxError>> {
+        let bytes = Bytes::from(body.next()?);
+        Some(Ok(BodyPiece::Data {
+            bytes,
+            last: body.len() == 0,
+        }))
+    }
+
+    fn respond(&mut self, head: &ResponseHead, origin: &Origin) {
+        self.response = Some(ClientResponse {
+            status: head.status,
+            headers: header_pairs(&head.headers),
+            body: Vec::new(),
+            source: origin.clone(),
+            truncated: false,
+        });
+    }
+
+    async fn send_data(&mut self, bytes: Bytes) -> bool {
+        if let Some(response) = &mut self.response {
+            response.body.extend_from_slice(&bytes);
+        }
+        true
+    }
+
+    async fn send_trailers(&mut self, _trailers: HeaderMap) {}
+
+    async fn abort(&mut self, _reason: BoxError) {
+        if let Some(response) = &mut self.response {
+            response.truncated = true;
+        }
+    }
+
+    fn end_response(&mut self) {}
+
+    fn log(&mut self, entry: LogEntry) {
+        self.log_tls = entry.request.tls;
+    }
+}
+
+/// One request through the lifecycle the gateway runs, against the scenario's upstream.
+async fn run_request(
+    exchange: Exchange,
+    request: &RequestScenario,
+    connection: &ConnectionFacts,
+) -> RequestReport {
+    let mut io = ScenarioIo {
+        request,
+        target: None,
+        upstream_request: None,
+        response: None,
+        log_tls: None,
+    };
+    let draft = LogDraft::new(
+        RequestLog {
+            method: request.method.clone(),
+            uri: request.uri(),
+            url: request.uri(),
+            querystring: Default::default(),
+            headers: Default::default(),
+            size: 0,
+            tls: None,
+        },
+        connection.client_addr.ip().to_string(),
+    );
+    let finished = lifecycle::run_request(exchange, &mut io, draft).await;
     RequestReport {
         method: request.method.clone(),
         uri: request.uri(),
-        trace,
-        plugin_errors,
-        upstream_request,
-        response,
-        log_tls,
+        trace: finished.trace,
+        plugin_errors: finished.failures,
+        upstream_request: io.upstream_request,
+        response: io.response.unwrap_or_else(|| ClientResponse {
+            status: 0,
+            headers: Vec::new(),
+            body: Vec::new(),
+            source: Origin::Gateway,
+            truncated: true,
+        }),
+        log_tls: io.log_tls,
         expectations: Vec::new(),
-    }
-}
-
-/// Runs body_filter over each chunk (an empty end-of-stream call when there is none); a failure
-/// truncates the body after what was already sent.
-async fn filter_body(
-    exchange: &mut Exchange,
-    head: ResponseHead,
-    chunks: Vec<Vec<u8>>,
-    source: ResponseSource,
-) -> ClientResponse {
-    let chunks = if chunks.is_empty() {
-        vec![Vec::new()]
-    } else {
-        chunks
-    };
-    let last = chunks.len() - 1;
-    let mut body = Vec::new();
-    let mut truncated = false;
-    for (index, chunk) in chunks.into_iter().enumerate() {
-        match exchange
-            .body_filter(Bytes::from(chunk), index == last)
-            .await
-        {
-            Ok(out) => body.extend_from_slice(&out),
-            Err(_) => {
-                truncated = true;
-                break;
-            }
-        }
-    }
-    ClientResponse {
-        status: head.status,
-        headers: header_pairs(&head.headers),
-        body,
-        source,
-        truncated,
-    }
-}
-
-/// rewrite, access, then (unless a plugin answered) balancer and the simulated upstream.
-async fn up_to_upstream(
-    exchange: &mut Exchange,
-    request: &RequestScenario,
-    upstream_request: &mut Option<UpstreamRequest>,
-) -> Result<Pending, PluginError> {
-    if let Decision::Respond(early) = exchange.request_phases().await? {
-        let head = ResponseHead {
-            status: early.status,
-            headers: early.headers,
-        };
-        return Ok((head, vec![early.body], ResponseSource::PluginExit));
-    }
-    let targets: Arc<[String]> = request.targets.iter().cloned().collect();
-    let proposed = request.targets.first().cloned().unwrap_or_default();
-    let target = exchange.balancer(targets, proposed, 1).await?;
-    let head = &exchange.state().request;
-    *upstream_request = Some(UpstreamRequest {
-        target,
-        method: head.method.clone(),
-        uri: match &head.query {
-            Some(query) => format!("{}?{query}", head.path),
-            None => head.path.clone(),
-        },
-        headers: header_pairs(&head.headers),
-    });
-    let head = ResponseHead {
-        status: request.upstream.status,
-        headers: header_map(&request.upstream.headers),
-    };
-    Ok((
-        head,
-        request.upstream.body.clone(),
-        ResponseSource::Upstream,
-    ))
-}
-
-/// The gateway's 500 after a fail-closed failure; log-phase plugins see it as the response.
-fn failure_response(exchange: &mut Exchange, err: &PluginError) -> ClientResponse {
-    let phase = err.phase().unwrap_or(Phase::Rewrite);
-    let (head, body) = plugin_failure_response(err);
-    exchange.state_mut().response = Some(head.clone());
-    ClientResponse {
-        status: head.status,
-        headers: header_pairs(&head.headers),
-        body: body.to_vec(),
-        source: ResponseSource::PluginFailure(phase),
-        truncated: false,
     }
 }
 

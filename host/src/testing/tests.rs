@@ -409,7 +409,7 @@ fn synthetic_report() -> ScenarioReport {
             status: 200,
             headers: vec![("content-type".into(), "text/plain".into())],
             body: b"hello world".to_vec(),
-            source: ResponseSource::Upstream,
+            source: Origin::Upstream,
             truncated: false,
         },
         log_tls: Some(TlsLog {
@@ -640,7 +640,7 @@ fn report_shows_plaintext_exit_truncation_and_long_bodies() {
     let request = &mut connection.requests[0];
     request.log_tls = None;
     request.upstream_request = None;
-    request.response.source = ResponseSource::PluginExit;
+    request.response.source = Origin::PluginExit;
     request.response.truncated = true;
     request.response.body = vec![b'a'; MAX_BODY_SHOWN + 10];
     let text = report.to_string();

@@ -1,0 +1,303 @@
+//! `soak`: a mixed load against the `tollgate` binary for some minutes, reporting per minute the
+//! throughput, the answers by status and the errors by kind of each kind of traffic, and the
+//! gateway's RSS. Run by `scripts/soak [MINUTES]` (default 10), which builds what it needs.
+//!
+//! Traffic, all over HTTPS with a client certificate chain (leaf + intermediate), from `oha`:
+//! - `keepalive`: 8 keep-alive connections to `/`, through tls-handshake-modifier (certificate
+//!   phase) and tls-metadata-headers;
+//! - `handshakes`: 2 connections without keep-alive (a full handshake per request) to `/secure`,
+//!   guarded by mtls-auth;
+//! - `misbehaving`: 5 requests/s to `/bad`, whose plugin loops until its 20 ms limit (500s are
+//!   the expected answer there);
+//! - `hog`: 5 requests/s to `/hog`, whose plugin grows its memory until its 16 MiB cap.
+//!
+//! Exits 1 when a healthy route (keepalive, handshakes) saw any error or non-200 answer, or the
+//! RSS grew by more than 5% from the end of the first (warm-up) minute to the end.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use tollgate_tests::binary::{Tollgate, tollgate_binary};
+use tollgate_tests::{PkiFiles, TestPki, guests};
+
+/// One kind of traffic: name, path, oha arguments.
+struct Traffic {
+    name: &'static str,
+    path: &'static str,
+    args: &'static [&'static str],
+    healthy: bool,
+}
+
+const TRAFFIC: [Traffic; 4] = [
+    Traffic {
+        name: "keepalive",
+        path: "/",
+        args: &["-c", "8"],
+        healthy: true,
+    },
+    Traffic {
+        name: "handshakes",
+        path: "/secure",
+        args: &["-c", "2", "--disable-keepalive"],
+        healthy: true,
+    },
+    Traffic {
+        name: "misbehaving",
+        path: "/bad",
+        args: &["-c", "1", "-q", "5"],
+        healthy: false,
+    },
+    Traffic {
+        name: "hog",
+        path: "/hog",
+        args: &["-c", "1", "-q", "5"],
+        healthy: false,
+    },
+];
+
+fn config(pki: &PkiFiles, echo: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+[access_log]
+target = "access.log"
+
+[[listeners]]
+name = "https"
+address = "127.0.0.1:0"
+[[listeners.certificates]]
+cert = "{server_cert}"
+key = "{server_key}"
+
+[[services]]
+name = "echo"
+targets = ["{echo}"]
+
+[[routes]]
+name = "open"
+paths = ["/"]
+service = "echo"
+
+[[routes]]
+name = "secure"
+paths = ["/secure"]
+service = "echo"
+
+[[routes]]
+name = "bad"
+paths = ["/bad"]
+service = "echo"
+
+[[routes]]
+name = "hog"
+paths = ["/hog"]
+service = "echo"
+
+[[plugins]]
+name = "tls-handshake-modifier"
+path = "{handshake}"
+
+[[plugins]]
+name = "tls-metadata-headers"
+path = "{metadata}"
+route = "open"
+
+[[plugins]]
+name = "mtls-auth"
+path = "{mtls}"
+route = "secure"
+[plugins.config]
+skip_consumer_lookup = true
+ca_certificates = """
+{ca_bundle}"""
+
+[[plugins]]
+name = "misbehave"
+path = "{misbehave}"
+route = "bad"
+time_limit = "20ms"
+config = {{ mode = "loop" }}
+
+[[plugins]]
+name = "hog"
+path = "{misbehave}"
+route = "hog"
+memory_limit = "16MiB"
+config = {{ mode = "grow" }}
+"#,
+        server_cert = pki.server_cert.display(),
+        server_key = pki.server_key.display(),
+        handshake = guests::TLS_HANDSHAKE_MODIFIER,
+        metadata = guests::TLS_METADATA_HEADERS,
+        mtls = guests::MTLS_AUTH,
+        misbehave = guests::MISBEHAVE,
+        ca_bundle = std::fs::read_to_string(&pki.ca_bundle).expect("CA bundle"),
+    )
+}
+
+/// What one oha run reported.
+#[derive(Debug, Default)]
+struct Run {
+    rps: f64,
+    statuses: BTreeMap<String, u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+fn oha(pki: &PkiFiles, port: u16, traffic: &Traffic, seconds: u64) -> std::process::Child {
+    let oha = std::env::var("OHA").unwrap_or_else(|_| "oha".to_owned());
+    Command::new(oha)
+        .args(["--no-tui", "--output-format", "json", "-z"])
+        .arg(format!("{seconds}s"))
+        .args(traffic.args)
+        .arg("--cacert")
+        .arg(&pki.root)
+        .arg("--cert")
+        .arg(&pki.client_chain)
+        .arg("--key")
+        .arg(&pki.client_key)
+        .arg(format!("https://localhost:{port}{}", traffic.path))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("oha runs (scripts/soak installs it)")
+}
+
+fn parse(output: std::process::Output) -> Run {
+    let json: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "oha's output is not JSON ({err}): {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let counts = |value: &Value| -> BTreeMap<String, u64> {
+        value
+            .as_object()
+            .map(|map| {
+                map.iter()
+                    .map(|(key, count)| (key.clone(), count.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Run {
+        rps: json["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
+        statuses: counts(&json["statusCodeDistribution"]),
+        errors: counts(&json["errorDistribution"]),
+    }
+}
+
+fn main() {
+    let minutes: u64 = std::env::args()
+        .nth(1)
+        .map(|m| m.parse().expect("minutes: a whole number"))
+        .unwrap_or(10);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let echo = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(tollgate::proxy::echo::serve_echo(
+            listener,
+            std::future::pending(),
+        ));
+        addr
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pki = TestPki::new().write(dir.path()).expect("PKI written");
+    println!("tollgate: {}", tollgate_binary().display());
+    let gateway = Tollgate::run(dir.path(), &config(&pki, echo));
+    let port = gateway.addr("https").port();
+    println!(
+        "soak: {minutes} minute(s) against port {port}; RSS at start {} MiB",
+        gateway.rss_bytes() >> 20
+    );
+    println!(
+        "{:>6} {:>8} | {}",
+        "minute",
+        "RSS MiB",
+        TRAFFIC
+            .iter()
+            .map(|t| format!("{:>24}", format!("{} req/s", t.name)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut failures = Vec::new();
+    let mut rss_after_warmup = 0;
+    let mut last_rss = 0;
+    for minute in 1..=minutes {
+        let children: Vec<_> = TRAFFIC
+            .iter()
+            .map(|traffic| oha(&pki, port, traffic, 60))
+            .collect();
+        let runs: Vec<Run> = children
+            .into_iter()
+            .map(|child| parse(child.wait_with_output().expect("oha finished")))
+            .collect();
+        last_rss = gateway.rss_bytes();
+        if minute == 1 {
+            rss_after_warmup = last_rss;
+        }
+        println!(
+            "{minute:>6} {:>8} | {}",
+            last_rss >> 20,
+            runs.iter()
+                .map(|run| format!("{:>24.0}", run.rps))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        for (traffic, run) in TRAFFIC.iter().zip(&runs) {
+            println!(
+                "         {:<12} statuses {:?} errors {:?}",
+                traffic.name, run.statuses, run.errors
+            );
+            let bad_statuses: u64 = run
+                .statuses
+                .iter()
+                .filter(|(status, _)| status.as_str() != "200")
+                .map(|(_, count)| count)
+                .sum();
+            let errors: u64 = run.errors.values().sum();
+            if traffic.healthy && (bad_statuses > 0 || errors > 0) {
+                failures.push(format!(
+                    "minute {minute}: {} saw {bad_statuses} non-200 answers and {errors} errors",
+                    traffic.name
+                ));
+            }
+        }
+    }
+    let growth = if rss_after_warmup > 0 {
+        (last_rss as f64 - rss_after_warmup as f64) / rss_after_warmup as f64 * 100.0
+    } else {
+        0.0
+    };
+    println!(
+        "RSS after warm-up {} MiB, at the end {} MiB: {growth:+.1}%",
+        rss_after_warmup >> 20,
+        last_rss >> 20
+    );
+    if minutes > 1 && growth > 5.0 {
+        failures.push(format!("RSS grew {growth:.1}% after warm-up (limit 5%)"));
+    }
+    let log_lines = std::fs::read_to_string(dir.path().join("access.log"))
+        .map(|text| text.lines().count())
+        .unwrap_or(0);
+    println!("access log: {log_lines} lines");
+    if !Path::new(&gateway.config).exists() {
+        failures.push("the config vanished".to_owned());
+    }
+    if failures.is_empty() {
+        println!("soak: ok");
+    } else {
+        for failure in &failures {
+            println!("soak: FAILED: {failure}");
+        }
+        std::process::exit(1);
+    }
+    drop(runtime);
+}
