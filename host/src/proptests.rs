@@ -17,6 +17,14 @@ use crate::testing::{Scenario, ScenarioError};
 /// Cases per property; each parse takes microseconds, so this runs in well under a second.
 const CASES: u32 = 1000;
 
+/// [`CASES`], or `PROPTEST_CASES` for a longer hunt.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(CASES)
+}
+
 /// Pieces of TOML syntax worth splicing in: they reach deeper than random bytes.
 const FRAGMENTS: &[&str] = &[
     "[[listeners]]\n",
@@ -230,7 +238,7 @@ fn the_samples_are_valid() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(CASES))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn a_mutated_config_is_answered_with_problems_inside_the_text(

@@ -132,7 +132,6 @@ fn listener_tls(
     problems: &mut Problems<'_>,
 ) -> Option<ListenerTls> {
     let mut certificates = Vec::new();
-    let mut complete = true;
     for (index, certificate) in listener.certificates.iter().enumerate() {
         let field = format!("{at}.certificates[{index}]");
         let chain = problems.pem(&certificate.cert, &format!("{field}.cert"), |text| {
@@ -141,31 +140,44 @@ fn listener_tls(
         let key = problems.pem(&certificate.key, &format!("{field}.key"), |text| {
             tls::parse_private_key(text)
         });
-        match (chain, key) {
-            (Some(chain), Some(key)) => certificates.push(ServerCertificate {
+        if let (Some(chain), Some(key)) = (chain, key) {
+            certificates.push(ServerCertificate {
                 server_names: certificate.server_names.clone(),
                 chain,
                 key,
-            }),
-            _ => complete = false,
+            });
         }
     }
-    let client_ca = match &listener.client_ca {
-        Some(path) => {
-            let anchors = problems.pem(path, &format!("{at}.client_ca"), TrustAnchors::from_pem);
-            complete &= anchors.is_some();
-            anchors
-        }
-        None => None,
-    };
-    if !complete {
+    let client_ca = listener
+        .client_ca
+        .as_ref()
+        .map(|path| problems.pem(path, &format!("{at}.client_ca"), TrustAnchors::from_pem));
+    let ca_read = client_ca.as_ref().is_none_or(Option::is_some);
+    // With every certificate read, the keys are checked even if the CA file failed, so one run
+    // reports both.
+    if certificates.len() < listener.certificates.len() {
         return None;
     }
-    match ListenerTls::new(certificates, client_ca, listener.handshake_timeout) {
-        Ok(tls) => Some(tls),
+    match ListenerTls::new(
+        certificates,
+        client_ca.flatten(),
+        listener.handshake_timeout,
+    ) {
+        Ok(tls) => ca_read.then_some(tls),
+        Err(TlsError::InvalidKey { index, source }) => {
+            let certificate = &listener.certificates[index];
+            problems.add(
+                format!("{at}.certificates[{index}].key"),
+                format!(
+                    "{} does not match the certificate in {} or is unusable ({source})",
+                    certificate.key.display(),
+                    certificate.cert.display()
+                ),
+            );
+            None
+        }
         Err(err) => {
             let field = match &err {
-                TlsError::InvalidKey { index, .. } => format!("{at}.certificates[{index}].key"),
                 TlsError::EmptyChain { index } => format!("{at}.certificates[{index}].cert"),
                 _ => at.to_owned(),
             };
