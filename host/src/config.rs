@@ -76,6 +76,8 @@ pub struct Config {
     pub plugins: Vec<PluginConfig>,
     /// Process-wide plugin limits (`[runtime]`).
     pub runtime: RuntimeLimits,
+    /// Where each field sits in the file, for problems found after parsing.
+    pub origins: Origins,
 }
 
 /// Destination of the access log.
@@ -321,17 +323,20 @@ impl Config {
     /// Checks `text` as the contents of the file at `path` (used for messages and to resolve
     /// relative paths; the file itself is not read).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let dir = path.parent().unwrap_or(Path::new(""));
-        let base = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let base = base_dir(path);
         let mut cx = Checker {
             text,
             base,
             problems: Vec::new(),
+            plugin_indexes: HashMap::new(),
         };
         let config = cx.check(text);
         let mut problems = cx.problems;
         match config {
-            Some(config) if problems.is_empty() => Ok(config),
+            Some(mut config) if problems.is_empty() => {
+                config.origins = Origins::new(path, text, cx.plugin_indexes);
+                Ok(config)
+            }
             _ => {
                 problems.sort_by_key(|p| (p.line, p.column));
                 Err(ConfigError::Invalid {
@@ -341,6 +346,16 @@ impl Config {
             }
         }
     }
+}
+
+/// The directory relative paths in the file at `path` resolve against, made absolute. A bare
+/// file name's parent is the empty path, which means the current directory.
+pub(crate) fn base_dir(path: &Path) -> PathBuf {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 // ---- raw, spanned shape of the file ----
@@ -439,6 +454,8 @@ struct Checker<'t> {
     text: &'t str,
     base: PathBuf,
     problems: Vec<ConfigProblem>,
+    /// Each plugin's position in the file, by name (the resolved list is sorted by `order`).
+    plugin_indexes: HashMap<String, usize>,
 }
 
 impl Checker<'_> {
@@ -596,6 +613,7 @@ impl Checker<'_> {
             routes,
             plugins,
             runtime,
+            origins: Origins::default(),
         })
     }
 
@@ -1015,6 +1033,7 @@ impl Checker<'_> {
                 (MIN_TIME_LIMIT, MAX_TIME_LIMIT),
             );
             if let (Some(name), Some((_, path)), Some(config)) = (name, path, config) {
+                self.plugin_indexes.insert(name.clone(), *index);
                 out.push(PluginConfig {
                     name,
                     path,
@@ -1229,8 +1248,11 @@ impl Names {
     }
 }
 
+mod origins;
 mod spans;
 mod values;
+
+pub use origins::Origins;
 
 use spans::remove_deepest_key;
 pub(crate) use spans::{Segment, line_column, locate};

@@ -21,3 +21,6 @@ pub mod testing;
 pub mod tls;
 
 pub use tollgate_phases::{HostFunction, Phase, PhaseSet};
+
+#[cfg(test)]
+mod proptests;

@@ -2,22 +2,28 @@
 //! (`spec/client-tls.md` §5), written off the request path by a background task.
 //!
 //! The proxy fills a [`LogEntry`] after the response is sent and hands it to
-//! [`AccessLog::write`], which never blocks: when the queue is full the line is dropped and
-//! counted rather than delaying a client.
+//! [`AccessLog::write`], which never blocks: when the queue is full (in lines or in bytes, so a
+//! slow disk cannot make the gateway hold unbounded memory) the line is dropped and counted
+//! rather than delaying a client. The writer never leaves half a line in front of the next one
+//! after a failed write, and reopens its file on SIGUSR1 (logrotate).
 
-use std::io::{self, Write};
+use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use self::writer::{Command, LineWriter, ReopenSignal};
+
 use crate::config::AccessLogTarget;
 
 /// Lines queued for the writer before new ones are dropped.
 pub const ACCESS_LOG_QUEUE_LINES: usize = 8192;
+/// Bytes queued for (or being written by) the writer before new lines are dropped.
+pub const ACCESS_LOG_QUEUE_BYTES: usize = 16 << 20;
 /// What redacted request headers are logged as.
 pub const REDACTED: &str = "REDACTED";
 /// Request headers whose values are never logged.
@@ -26,8 +32,6 @@ pub const REDACTED_HEADERS: [&str; 2] = ["authorization", "proxy-authorization"]
 pub const MAX_QUERY_ARGS: usize = 100;
 /// Minimum time between two warnings about dropped lines or write failures.
 const WARN_INTERVAL_MS: u64 = 1000;
-/// Most lines gathered into one write.
-const MAX_BATCH: usize = 256;
 
 /// One request's log line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -264,11 +268,6 @@ pub fn unix_millis(time: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-enum Command {
-    Line(String),
-    Flush(oneshot::Sender<()>),
-}
-
 /// Lets at most one warning through per [`WARN_INTERVAL_MS`].
 #[derive(Debug)]
 struct WarnThrottle {
@@ -302,7 +301,12 @@ impl WarnThrottle {
 
 #[derive(Debug)]
 struct Stats {
+    /// Lines not written: queue full, or lost to a write error.
     dropped: AtomicU64,
+    /// Bytes of the lines queued or being written.
+    queued_bytes: AtomicUsize,
+    /// Most bytes queued or being written.
+    max_queued_bytes: usize,
     warn: WarnThrottle,
 }
 
@@ -316,33 +320,32 @@ pub struct AccessLog {
 impl AccessLog {
     /// Opens the target (a file is created if needed and appended to) and spawns the writer on
     /// the current tokio runtime; fails when the file cannot be opened or there is no runtime.
+    /// From then on SIGUSR1 makes the writer reopen the file.
     pub fn start(target: &AccessLogTarget) -> io::Result<AccessLog> {
-        AccessLog::start_with_queue(target, ACCESS_LOG_QUEUE_LINES)
+        AccessLog::start_with_limits(target, ACCESS_LOG_QUEUE_LINES, ACCESS_LOG_QUEUE_BYTES)
     }
 
-    fn start_with_queue(target: &AccessLogTarget, lines: usize) -> io::Result<AccessLog> {
+    fn start_with_limits(
+        target: &AccessLogTarget,
+        lines: usize,
+        bytes: usize,
+    ) -> io::Result<AccessLog> {
         let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+        let output = match target {
+            AccessLogTarget::Stdout => LineWriter::new(writer::Stdout),
+            AccessLogTarget::File(path) => LineWriter::new(writer::File::open(path.clone())?),
+        };
         let (queue, commands) = mpsc::channel(lines.max(1));
-        match target {
-            AccessLogTarget::Stdout => {
-                runtime.spawn(run_writer(commands, Output::Stdout));
-            }
-            AccessLogTarget::File(path) => {
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-                runtime.spawn(run_writer(commands, Output::File(file)));
-            }
-        }
-        Ok(AccessLog {
-            queue,
-            stats: Arc::new(Stats {
-                dropped: AtomicU64::new(0),
-                warn: WarnThrottle::new(),
-            }),
-        })
+        let stats = Arc::new(Stats {
+            dropped: AtomicU64::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            max_queued_bytes: bytes,
+            warn: WarnThrottle::new(),
+        });
+        // Registered here, inside the runtime, before anything is served.
+        let reopen = ReopenSignal::listen();
+        runtime.spawn(writer::run(commands, output, stats.clone(), reopen));
+        Ok(AccessLog { queue, stats })
     }
 
     /// Queues the entry as one JSON line. Never blocks or waits: when the queue is full the
@@ -357,7 +360,12 @@ impl AccessLog {
             }
         };
         line.push('\n');
-        if self.queue.try_send(Command::Line(line)).is_err() {
+        let bytes = line.len();
+        let queued = self.stats.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if queued + bytes > self.stats.max_queued_bytes
+            || self.queue.try_send(Command::Line(line)).is_err()
+        {
+            self.stats.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             self.note_dropped();
         }
     }
@@ -367,14 +375,28 @@ impl AccessLog {
         if self.stats.warn.allow() {
             tracing::warn!(
                 dropped_total = total,
-                "access log queue full or closed: dropping lines"
+                "access log queue full or closed (a slow or failing disk?): dropping lines"
             );
         }
     }
 
-    /// Lines dropped so far because the queue was full (or the writer had stopped).
+    /// Lines not written so far: the queue was full (in lines or bytes), the writer had
+    /// stopped, or a write failed.
     pub fn dropped(&self) -> u64 {
         self.stats.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the lines queued or being written now.
+    pub fn queued_bytes(&self) -> usize {
+        self.stats.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Makes the writer reopen its file once the lines queued before are written (what SIGUSR1
+    /// does): after logrotate moved the file away, a fresh one is created at the configured
+    /// path. A no-op for stdout.
+    pub async fn reopen(&self) {
+        // An error means the writer stopped; there is nothing to reopen.
+        let _ = self.queue.send(Command::Reopen).await;
     }
 
     /// Waits until every line queued before this call is written and flushed.
@@ -387,73 +409,7 @@ impl AccessLog {
     }
 }
 
-/// Where the writer appends; written with blocking calls on tokio's blocking pool (tokio's
-/// own stdout needs its `io-std` feature, which the host does not enable).
-enum Output {
-    Stdout,
-    File(std::fs::File),
-}
-
-impl Output {
-    fn write_batch(&mut self, batch: &[u8]) -> io::Result<()> {
-        match self {
-            Output::Stdout => {
-                let mut out = io::stdout().lock();
-                out.write_all(batch)?;
-                out.flush()
-            }
-            // Unbuffered: one write per batch, nothing left to flush.
-            Output::File(file) => file.write_all(batch),
-        }
-    }
-}
-
-/// Writes queued lines in order, one batch (up to [`MAX_BATCH`] lines, or what is queued) per
-/// write, and answers flush requests once what preceded them is written.
-async fn run_writer(mut commands: mpsc::Receiver<Command>, mut output: Output) {
-    let throttle = WarnThrottle::new();
-    let mut batch: Vec<u8> = Vec::new();
-    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
-    while let Some(mut command) = commands.recv().await {
-        let mut lines = 0;
-        loop {
-            match command {
-                Command::Line(line) => {
-                    batch.extend_from_slice(line.as_bytes());
-                    lines += 1;
-                }
-                Command::Flush(done) => waiting.push(done),
-            }
-            if lines >= MAX_BATCH {
-                break;
-            }
-            match commands.try_recv() {
-                Ok(next) => command = next,
-                Err(_) => break,
-            }
-        }
-        if !batch.is_empty() {
-            let written = tokio::task::spawn_blocking(move || {
-                let result = output.write_batch(&batch);
-                batch.clear();
-                (result, output, batch)
-            })
-            .await;
-            let result;
-            // A join error means the runtime is shutting down: nothing more can be written.
-            let Ok(parts) = written else { return };
-            (result, output, batch) = parts;
-            if let Err(error) = result
-                && throttle.allow()
-            {
-                tracing::warn!(%error, "access log write failed");
-            }
-        }
-        for done in waiting.drain(..) {
-            let _ = done.send(());
-        }
-    }
-}
+mod writer;
 
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tollgate::config::Config;
 use tollgate::gateway::{
-    self, Gateway,
+    self, Gateway, GatewayError,
     demo::{self, DemoPki},
 };
 use tollgate::runtime::Runtime;
@@ -96,10 +96,19 @@ async fn check(path: &Path) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
-        Err(err) => {
-            eprintln!("{}: {err}", path.display());
+        Err(err) => report(err),
+    }
+}
+
+/// Prints the config's problems (each with file, line and field) and answers `Ok(false)` (exit
+/// 1, the user's mistake); other failures go up as errors (exit 2).
+fn report(err: GatewayError) -> anyhow::Result<bool> {
+    match err {
+        GatewayError::Config(problems) => {
+            eprintln!("{problems}");
             Ok(false)
         }
+        other => Err(other.into()),
     }
 }
 
@@ -117,7 +126,10 @@ async fn run(path: &Path) -> anyhow::Result<bool> {
     let Some(config) = load_config(path).await? else {
         return Ok(false);
     };
-    let gateway = Gateway::build(&config, &Runtime::with_limits(config.runtime)?).await?;
+    let gateway = match Gateway::build(&config, &Runtime::with_limits(config.runtime)?).await {
+        Ok(gateway) => gateway,
+        Err(err) => return report(err),
+    };
     serve(gateway).await
 }
 
@@ -140,7 +152,10 @@ async fn demo(
     let Some(config) = load_config(&config_path).await? else {
         return Ok(false);
     };
-    let gateway = Gateway::build(&config, &Runtime::with_limits(config.runtime)?).await?;
+    let gateway = match Gateway::build(&config, &Runtime::with_limits(config.runtime)?).await {
+        Ok(gateway) => gateway,
+        Err(err) => return report(err),
+    };
     // The bound addresses, which differ from the configured ones when those use port 0.
     let bound = |name: &str, configured: SocketAddr| {
         gateway

@@ -19,12 +19,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ListenerConfig, Protocol};
+use std::path::Path;
+
+use crate::config::{Config, ConfigProblem, ListenerConfig, Origins, Protocol};
 use crate::log::AccessLog;
 use crate::proxy::router::{Route, Router};
 use crate::proxy::upstream::{Upstream, UpstreamSettings};
-use crate::runtime::{PluginSpec, Runtime};
-use crate::tls::{self, ListenerTls, ServerCertificate, TrustAnchors};
+use crate::runtime::{LoadError, PluginFault, PluginSpec, Runtime};
+use crate::tls::{self, ListenerTls, ServerCertificate, TlsError, TrustAnchors};
 
 pub use capacity_report::{RouteCapacity, human_bytes};
 pub use chains::{Chain, Chains};
@@ -32,52 +34,16 @@ pub use chains::{Chain, Chains};
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Why the gateway could not be built or started. Names the file or listener at fault.
+/// Why the gateway could not be built or started.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// A file named by the config could not be read or parsed.
-    #[error("{path}: {message}")]
-    File {
-        /// The file.
-        path: std::path::PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// A plugin could not be loaded.
+    /// Files, plugins or sockets the config names are unusable: every problem found, each with
+    /// the config's line and field.
     #[error(transparent)]
-    Plugin(#[from] crate::runtime::LoadError),
+    Config(#[from] crate::config::ConfigError),
     /// The plugin runtime could not start.
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
-    /// A listener's TLS settings were refused.
-    #[error("listener {listener}: {message}")]
-    Listener {
-        /// The listener's name.
-        listener: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// A service's upstream settings were refused.
-    #[error("service {service}: {message}")]
-    Service {
-        /// The service's name.
-        service: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// A listening socket could not be bound.
-    #[error("listener {listener}: cannot listen on {address}: {source}")]
-    Bind {
-        /// The listener's name.
-        listener: String,
-        /// Its address.
-        address: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The access log could not be opened.
-    #[error("access log: {0}")]
-    AccessLog(std::io::Error),
 }
 
 /// An upstream service.
@@ -114,59 +80,136 @@ pub struct Gateway {
     listeners: Vec<BoundListener>,
 }
 
-fn read_file(path: &std::path::Path) -> Result<String, GatewayError> {
-    std::fs::read_to_string(path).map_err(|err| GatewayError::File {
-        path: path.to_path_buf(),
-        message: format!("cannot read: {err}"),
-    })
+/// The problems found while preparing, each placed at its field in the config file.
+struct Problems<'c> {
+    origins: &'c Origins,
+    found: Vec<ConfigProblem>,
 }
 
-fn listener_tls(listener: &ListenerConfig) -> Result<Option<ListenerTls>, GatewayError> {
-    if !listener.is_tls() {
-        return Ok(None);
+impl Problems<'_> {
+    fn add(&mut self, field: impl Into<String>, message: impl std::fmt::Display) {
+        self.found.push(self.origins.problem(field, message));
     }
-    let mut certificates = Vec::new();
-    for certificate in &listener.certificates {
-        let chain = tls::parse_certificates(&read_file(&certificate.cert)?).map_err(|err| {
-            GatewayError::File {
-                path: certificate.cert.clone(),
-                message: err.to_string(),
+
+    /// Reads the PEM file at `path`, named by `field`, and parses it with `parse`.
+    fn pem<T, E: std::fmt::Display>(
+        &mut self,
+        path: &Path,
+        field: &str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Option<T> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) => {
+                self.add(field, format!("cannot read {}: {err}", path.display()));
+                return None;
             }
-        })?;
-        let key = tls::parse_private_key(&read_file(&certificate.key)?).map_err(|err| {
-            GatewayError::File {
-                path: certificate.key.clone(),
-                message: err.to_string(),
-            }
-        })?;
-        certificates.push(ServerCertificate {
-            server_names: certificate.server_names.clone(),
-            chain,
-            key,
-        });
-    }
-    let client_ca =
-        match &listener.client_ca {
-            Some(path) => Some(TrustAnchors::from_pem(&read_file(path)?).map_err(|err| {
-                GatewayError::File {
-                    path: path.clone(),
-                    message: err.to_string(),
-                }
-            })?),
-            None => None,
         };
-    ListenerTls::new(certificates, client_ca, listener.handshake_timeout)
-        .map(Some)
-        .map_err(|err| GatewayError::Listener {
-            listener: listener.name.clone(),
-            message: err.to_string(),
-        })
+        match parse(&text) {
+            Ok(value) => Some(value),
+            Err(err) => {
+                self.add(field, format!("{}: {err}", path.display()));
+                None
+            }
+        }
+    }
+
+    fn into_result(self) -> Result<(), GatewayError> {
+        if self.found.is_empty() {
+            Ok(())
+        } else {
+            Err(self.into_error())
+        }
+    }
+
+    fn into_error(self) -> GatewayError {
+        self.origins.error(self.found).into()
+    }
+}
+
+/// The listener's TLS side; `None` for a plaintext listener or when a problem was found.
+fn listener_tls(
+    listener: &ListenerConfig,
+    at: &str,
+    problems: &mut Problems<'_>,
+) -> Option<ListenerTls> {
+    let mut certificates = Vec::new();
+    for (index, certificate) in listener.certificates.iter().enumerate() {
+        let field = format!("{at}.certificates[{index}]");
+        let chain = problems.pem(&certificate.cert, &format!("{field}.cert"), |text| {
+            tls::parse_certificates(text)
+        });
+        let key = problems.pem(&certificate.key, &format!("{field}.key"), |text| {
+            tls::parse_private_key(text)
+        });
+        if let (Some(chain), Some(key)) = (chain, key) {
+            certificates.push(ServerCertificate {
+                server_names: certificate.server_names.clone(),
+                chain,
+                key,
+            });
+        }
+    }
+    let client_ca = listener
+        .client_ca
+        .as_ref()
+        .map(|path| problems.pem(path, &format!("{at}.client_ca"), TrustAnchors::from_pem));
+    let ca_read = client_ca.as_ref().is_none_or(Option::is_some);
+    // With every certificate read, the keys are checked even if the CA file failed, so one run
+    // reports both.
+    if certificates.len() < listener.certificates.len() {
+        return None;
+    }
+    match ListenerTls::new(
+        certificates,
+        client_ca.flatten(),
+        listener.handshake_timeout,
+    ) {
+        Ok(tls) => ca_read.then_some(tls),
+        Err(TlsError::InvalidKey { index, source }) => {
+            let certificate = &listener.certificates[index];
+            problems.add(
+                format!("{at}.certificates[{index}].key"),
+                format!(
+                    "{} does not match the certificate in {} or is unusable ({source})",
+                    certificate.key.display(),
+                    certificate.cert.display()
+                ),
+            );
+            None
+        }
+        Err(err) => {
+            let field = match &err {
+                TlsError::EmptyChain { index } => format!("{at}.certificates[{index}].cert"),
+                _ => at.to_owned(),
+            };
+            problems.add(field, err);
+            None
+        }
+    }
+}
+
+/// The config field a plugin load error is about.
+fn plugin_load_field(err: &LoadError) -> &'static str {
+    match err {
+        LoadError::Setup { source, .. }
+            if matches!(source.fault, PluginFault::ConfigRejected(_)) =>
+        {
+            "config"
+        }
+        _ => "path",
+    }
 }
 
 impl Gateway {
     /// Loads every plugin and reads every file the config names, without binding sockets.
-    /// This is what `tollgate check` runs, so a config that checks clean also starts.
+    /// This is what `tollgate check` runs, so a config that checks clean also starts. Every
+    /// problem is reported, each with the config's line and field.
     pub async fn prepare(config: &Config, runtime: &Runtime) -> Result<Prepared, GatewayError> {
+        let mut problems = Problems {
+            origins: &config.origins,
+            found: Vec::new(),
+        };
         let mut plugins = Vec::new();
         for plugin in &config.plugins {
             let spec = PluginSpec {
@@ -177,21 +220,36 @@ impl Gateway {
                 time_limit: plugin.time_limit,
                 fail_open: plugin.fail_open,
             };
-            plugins.push((plugin.scope.clone(), runtime.load(spec).await?));
+            match runtime.load(spec).await {
+                Ok(loaded) => plugins.push((plugin.scope.clone(), loaded)),
+                Err(err) => {
+                    let at = config.origins.plugin_field(&plugin.name);
+                    problems.add(format!("{at}.{}", plugin_load_field(&err)), err);
+                }
+            }
         }
         let mut listeners = Vec::new();
-        for listener in &config.listeners {
-            listeners.push((listener.clone(), listener_tls(listener)?.map(Arc::new)));
+        for (index, listener) in config.listeners.iter().enumerate() {
+            let tls = if listener.is_tls() {
+                match listener_tls(listener, &format!("listeners[{index}]"), &mut problems) {
+                    Some(tls) => Some(Arc::new(tls)),
+                    None => continue,
+                }
+            } else {
+                None
+            };
+            listeners.push((listener.clone(), tls));
         }
         let mut services = Vec::new();
-        for service in &config.services {
+        for (index, service) in config.services.iter().enumerate() {
+            let at = format!("services[{index}]");
             let extra_ca = match &service.ca {
-                Some(path) => tls::parse_certificates(&read_file(path)?).map_err(|err| {
-                    GatewayError::File {
-                        path: path.clone(),
-                        message: err.to_string(),
+                Some(path) => {
+                    match problems.pem(path, &format!("{at}.ca"), tls::parse_certificates) {
+                        Some(ca) => ca,
+                        None => continue,
                     }
-                })?,
+                }
                 None => Vec::new(),
             };
             let upstream = Upstream::new(UpstreamSettings {
@@ -202,17 +260,17 @@ impl Gateway {
                 retries: service.retries,
                 tls_verify: service.tls_verify,
                 extra_ca,
-            })
-            .map_err(|err| GatewayError::Service {
-                service: service.name.clone(),
-                message: err.to_string(),
-            })?;
-            services.push(Service {
-                name: service.name.clone(),
-                protocol: service.protocol,
-                upstream,
             });
+            match upstream {
+                Ok(upstream) => services.push(Service {
+                    name: service.name.clone(),
+                    protocol: service.protocol,
+                    upstream,
+                }),
+                Err(err) => problems.add(at, err),
+            }
         }
+        problems.into_result()?;
         let service_index = |name: &str| services.iter().position(|s| s.name == name);
         let routes: Vec<Route> = config
             .routes
@@ -241,25 +299,40 @@ impl Gateway {
         })
     }
 
-    /// Prepares the gateway, binds its listeners and opens the access log.
+    /// Prepares the gateway, opens the access log and binds every listener. Nothing is bound
+    /// when anything fails, and every problem is reported.
     pub async fn build(config: &Config, runtime: &Runtime) -> Result<Gateway, GatewayError> {
         let prepared = Gateway::prepare(config, runtime).await?;
+        let mut problems = Problems {
+            origins: &config.origins,
+            found: Vec::new(),
+        };
+        let access_log = match AccessLog::start(&prepared.access_log) {
+            Ok(log) => Some(log),
+            Err(err) => {
+                problems.add("access_log.target", format!("cannot open: {err}"));
+                None
+            }
+        };
         let mut listeners = Vec::new();
-        for (listener, tls) in prepared.listeners {
-            let socket = TcpListener::bind(listener.address)
-                .await
-                .map_err(|source| GatewayError::Bind {
-                    listener: listener.name.clone(),
-                    address: listener.address,
-                    source,
-                })?;
-            listeners.push(BoundListener {
-                name: listener.name,
-                tls,
-                socket,
-            });
+        for (index, (listener, tls)) in prepared.listeners.into_iter().enumerate() {
+            match TcpListener::bind(listener.address).await {
+                Ok(socket) => listeners.push(BoundListener {
+                    name: listener.name,
+                    tls,
+                    socket,
+                }),
+                Err(err) => problems.add(
+                    format!("listeners[{index}].address"),
+                    format!("cannot listen on {}: {err}", listener.address),
+                ),
+            }
         }
-        let access_log = AccessLog::start(&prepared.access_log).map_err(GatewayError::AccessLog)?;
+        let access_log = match access_log {
+            Some(access_log) if problems.found.is_empty() => access_log,
+            // Dropping the bound sockets here: nothing listens when anything failed.
+            _ => return Err(problems.into_error()),
+        };
         Ok(Gateway {
             shared: Arc::new(Shared {
                 router: prepared.router,

@@ -221,7 +221,12 @@ async fn file_sink_writes_one_line_per_entry_in_order() {
 async fn full_queue_drops_and_counts_without_blocking() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("access.log");
-    let log = AccessLog::start_with_queue(&AccessLogTarget::File(path.clone()), 3).unwrap();
+    let log = AccessLog::start_with_limits(
+        &AccessLogTarget::File(path.clone()),
+        3,
+        ACCESS_LOG_QUEUE_BYTES,
+    )
+    .unwrap();
     // Current-thread runtime: the writer cannot run until this task yields.
     for i in 0..10 {
         log.write(entry(i, None));
@@ -247,4 +252,76 @@ async fn unopenable_file_names_the_path() {
     let path = dir.path().join("missing-dir/access.log");
     let error = AccessLog::start(&AccessLogTarget::File(path.clone())).unwrap_err();
     assert!(error.to_string().contains(&path.display().to_string()));
+}
+
+#[tokio::test]
+async fn queue_is_bounded_by_bytes_and_drops_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let line = serde_json::to_string(&entry(0, None)).unwrap().len() + 1;
+    // Room for two and a half lines: the third does not fit.
+    let log = AccessLog::start_with_limits(
+        &AccessLogTarget::File(path.clone()),
+        ACCESS_LOG_QUEUE_LINES,
+        line * 5 / 2,
+    )
+    .unwrap();
+    // Current-thread runtime: the writer cannot run until this task yields.
+    for i in 0..10 {
+        log.write(entry(i, None));
+    }
+    assert_eq!(log.dropped(), 8);
+    assert_eq!(log.queued_bytes(), 2 * line);
+    log.flush().await;
+    assert_eq!(log.queued_bytes(), 0, "written lines no longer count");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().count(), 2);
+    // Written lines free their room for new ones.
+    log.write(entry(10, None));
+    log.flush().await;
+    assert_eq!(log.dropped(), 8);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().count(), 3);
+}
+
+#[tokio::test]
+async fn reopen_writes_to_a_fresh_file_after_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let rotated = dir.path().join("access.log.1");
+    let log = AccessLog::start(&AccessLogTarget::File(path.clone())).unwrap();
+    log.write(entry(1, None));
+    log.flush().await;
+    std::fs::rename(&path, &rotated).unwrap();
+    // Before the reopen, lines still go to the moved file (the open descriptor).
+    log.write(entry(2, None));
+    log.reopen().await;
+    log.write(entry(3, None));
+    log.flush().await;
+    let stamps = |path: &std::path::Path| -> Vec<u64> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<LogEntry>(l).unwrap().started_at)
+            .collect()
+    };
+    assert_eq!(stamps(&rotated), [1, 2]);
+    assert_eq!(stamps(&path), [3]);
+}
+
+#[tokio::test]
+async fn failed_reopen_keeps_writing_to_the_old_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let path = logs.join("access.log");
+    let log = AccessLog::start(&AccessLogTarget::File(path.clone())).unwrap();
+    let moved = dir.path().join("old-logs");
+    std::fs::rename(&logs, &moved).unwrap();
+    log.reopen().await;
+    log.write(entry(1, None));
+    log.flush().await;
+    assert_eq!(log.dropped(), 0);
+    let text = std::fs::read_to_string(moved.join("access.log")).unwrap();
+    assert_eq!(text.lines().count(), 1);
 }

@@ -17,11 +17,27 @@ pub enum LoadError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The file is empty.
+    #[error("plugin {path}: the file is empty")]
+    Empty {
+        /// The plugin file.
+        path: PathBuf,
+    },
     /// The file is not WebAssembly.
     #[error("plugin {path}: not a WebAssembly module or component")]
     NotWasm {
         /// The plugin file.
         path: PathBuf,
+    },
+    /// The file starts like WebAssembly but does not validate (truncated or corrupted).
+    #[error("plugin {path}: invalid WebAssembly {kind} (truncated or corrupted?): {reason}")]
+    Invalid {
+        /// The plugin file.
+        path: PathBuf,
+        /// `module` or `component`.
+        kind: &'static str,
+        /// The validator's message, with the byte offset.
+        reason: String,
     },
     /// A core module could not be turned into a component.
     #[error(

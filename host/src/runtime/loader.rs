@@ -3,6 +3,10 @@
 //! A wasm32-wasip1 core module (what `cargo build --target wasm32-wasip1` and clang produce) is
 //! componentized here with the WASI preview1 reactor adapter, so plugin authors never run an extra
 //! tool; a ready component (componentize-py, jco) is taken as is.
+//!
+//! A file of any shape is answered with an error, never a panic: the bytes are validated before
+//! wit-component or wasmtime sees them (wit-component assumes a valid module and panics on a
+//! truncated one), and a panic that still escapes wit-component is caught and reported.
 
 use std::path::Path;
 
@@ -35,39 +39,78 @@ pub fn wasm_kind(bytes: &[u8]) -> Option<WasmKind> {
     }
 }
 
-/// Wraps a wasm32-wasip1 core module into a component, adapting WASI preview1 to preview2.
-pub fn componentize(module: &[u8], path: &Path) -> Result<Vec<u8>, LoadError> {
-    let fail = |err: anyhow::Error| LoadError::Componentize {
-        path: path.to_path_buf(),
-        reason: format!("{err:#}"),
+/// Checks that `bytes` are a complete, valid module or component of the kind the header says.
+pub fn validate(bytes: &[u8], path: &Path) -> Result<WasmKind, LoadError> {
+    if bytes.is_empty() {
+        return Err(LoadError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    let Some(kind) = wasm_kind(bytes) else {
+        return Err(LoadError::NotWasm {
+            path: path.to_path_buf(),
+        });
     };
-    wit_component::ComponentEncoder::default()
-        .module(module)
-        .map_err(fail)?
-        .adapter(
-            WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
-            WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
-        )
-        .map_err(fail)?
-        .validate(true)
-        .encode()
-        .map_err(fail)
+    wasmparser::Validator::new()
+        .validate_all(bytes)
+        .map_err(|err| LoadError::Invalid {
+            path: path.to_path_buf(),
+            kind: match kind {
+                WasmKind::CoreModule => "module",
+                WasmKind::Component => "component",
+            },
+            reason: err.to_string(),
+        })?;
+    Ok(kind)
 }
 
-/// Reads, componentizes if needed, compiles, and checks the plugin's WIT package version.
+/// Wraps a wasm32-wasip1 core module into a component, adapting WASI preview1 to preview2.
+/// The module is validated first.
+pub fn componentize(module: &[u8], path: &Path) -> Result<Vec<u8>, LoadError> {
+    validate(module, path)?;
+    let fail = |reason: String| LoadError::Componentize {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let encode = || {
+        wit_component::ComponentEncoder::default()
+            .module(module)?
+            .adapter(
+                WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+                WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+            )?
+            .validate(true)
+            .encode()
+    };
+    // A valid module can still carry a corrupt `component-type` section, which wit-component
+    // decodes with less care than the validator; its panics must not take the process down.
+    match std::panic::catch_unwind(encode) {
+        Ok(result) => result.map_err(|err| fail(format!("{err:#}"))),
+        Err(panic) => Err(fail(format!(
+            "its component-type metadata is corrupt ({})",
+            panic_message(&*panic)
+        ))),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("wit-component panicked")
+}
+
+/// Reads, validates, componentizes if needed, compiles, and checks the plugin's WIT package
+/// version.
 pub fn compile(engine: &Engine, path: &Path) -> Result<Component, LoadError> {
     let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let component_bytes = match wasm_kind(&bytes) {
-        Some(WasmKind::Component) => bytes,
-        Some(WasmKind::CoreModule) => componentize(&bytes, path)?,
-        None => {
-            return Err(LoadError::NotWasm {
-                path: path.to_path_buf(),
-            });
-        }
+    let component_bytes = match validate(&bytes, path)? {
+        WasmKind::Component => bytes,
+        WasmKind::CoreModule => componentize(&bytes, path)?,
     };
     let component = Component::new(engine, &component_bytes).map_err(|err| LoadError::Compile {
         path: path.to_path_buf(),

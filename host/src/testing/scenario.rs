@@ -350,8 +350,7 @@ impl Scenario {
     /// paths resolve against its directory. The file itself is not read.
     pub fn parse(text: &str, path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> {
         let path = path.as_ref();
-        let dir = path.parent().unwrap_or(Path::new(""));
-        super::parse::parse(text, path, dir)
+        super::parse::parse(text, path, &crate::config::base_dir(path))
     }
 
     /// Checks `text`, resolving relative paths against `base_dir`; messages name
