@@ -1,7 +1,8 @@
 //! Upstream targets: `host:port`, `[ipv6]:port`.
 
 use std::fmt;
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroU16;
 use std::str::FromStr;
 
 /// An upstream `host:port`, as the config's `targets`, `balancer.targets` and
@@ -51,6 +52,14 @@ impl Target {
                 port,
             }),
             _ => Err(invalid(TargetProblem::InvalidPort)),
+        }
+    }
+
+    /// The target at an IP address, which is always a valid host.
+    pub fn from_ip(ip: IpAddr, port: NonZeroU16) -> Target {
+        Target {
+            host: ip.to_string(),
+            port: port.get(),
         }
     }
 
@@ -159,6 +168,14 @@ mod tests {
             assert_eq!((target.host(), target.port()), (host, port));
             assert_eq!(target.to_string(), text);
         }
+    }
+
+    #[test]
+    fn ip_targets_print_as_they_parse() {
+        let port = NonZeroU16::new(80).unwrap();
+        let v6 = Target::from_ip("::1".parse().unwrap(), port);
+        assert_eq!(v6.to_string(), "[::1]:80");
+        assert_eq!(Target::parse("[::1]:80").unwrap(), v6);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::mpsc;
-use tollgate_phases::Phase;
+use tollgate_phases::{Phase, Target};
 
 use super::Shared;
 use super::body::{BoxError, PUMP_DEPTH, PumpedBody};
@@ -247,7 +247,7 @@ async fn forward(
     headers.remove(HOST);
 
     let upstream = &to.service.upstream;
-    let targets: Arc<[String]> = upstream.targets().into();
+    let targets: Arc<[Target]> = upstream.targets().into();
     let attempts = upstream.retries() + 1;
     let mut attempt = 0;
     let conn = loop {
@@ -258,7 +258,7 @@ async fn forward(
             Ok(target) => target,
             Err(err) => return failed(plugin_failure(&err)),
         };
-        let (ip, port) = split_target(&target);
+        let (ip, port) = (target.host().to_owned(), target.port());
         draft.service = Some(ServiceLog {
             name: to.service.name.clone(),
             host: ip.clone(),
@@ -270,7 +270,7 @@ async fn forward(
             port,
             balancer_latency: balancer_started.elapsed().as_millis() as u64,
         });
-        match upstream.connect(&target).await {
+        match upstream.connect(&target.to_string()).await {
             Ok(conn) => break conn,
             Err(err) if err.is_retryable() && attempt < attempts => {
                 tracing::info!(%err, attempt, "retrying the next upstream target");
@@ -486,18 +486,6 @@ async fn pump(
         }
     }
     sent
-}
-
-fn split_target(target: &str) -> (String, u16) {
-    match target.rsplit_once(':') {
-        Some((host, port)) => (
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port.parse().unwrap_or(0),
-        ),
-        None => (target.to_owned(), 0),
-    }
 }
 
 fn request_head_size(headers: &HeaderMap, uri: &str, method: &str) -> u64 {

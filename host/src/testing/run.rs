@@ -5,14 +5,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use tollgate_phases::Phase;
+use tollgate_phases::{Phase, Target};
 
 use super::expect::{check_connection, check_request, not_run};
 use super::report::{
     ClientResponse, ConnectionReport, NegotiatedTls, PluginSummary, RequestReport, ResponseSource,
     ScenarioReport, UpstreamRequest,
 };
-use super::scenario::{ConnectionScenario, RequestScenario, Scenario, ScenarioError};
+use super::scenario::{
+    ConnectionScenario, RequestScenario, Scenario, ScenarioError, default_target,
+};
 use crate::exchange::{ConnectionFacts, ExchangeState, RequestHead, ResponseHead, TlsSession};
 use crate::log::TlsLog;
 use crate::pipeline::{
@@ -281,8 +283,8 @@ async fn up_to_upstream(
         };
         return Ok((head, vec![early.body], ResponseSource::PluginExit));
     }
-    let targets: Arc<[String]> = request.targets.iter().cloned().collect();
-    let proposed = request.targets.first().cloned().unwrap_or_default();
+    let targets: Arc<[Target]> = request.targets.iter().cloned().collect();
+    let proposed = request.targets.first().cloned().unwrap_or_else(default_target);
     let target = exchange.balancer(targets, proposed, 1).await?;
     let head = &exchange.state().request;
     *upstream_request = Some(UpstreamRequest {
