@@ -204,7 +204,9 @@ fn check_set_header(
 ) -> Result<(), HostError> {
     tollgate_phases::check_header_name(name).map_err(invalid)?;
     tollgate_phases::check_header_value(value).map_err(invalid)?;
-    let kept = headers.iter().filter(|(n, _)| !n.eq_ignore_ascii_case(name));
+    let kept = headers
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case(name));
     let (count, bytes) = kept.fold((1, name.len() + value.len()), |(count, bytes), (n, v)| {
         (count + 1, bytes + n.len() + v.len())
     });

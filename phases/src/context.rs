@@ -30,7 +30,10 @@ mod tests {
 
     #[test]
     fn a_full_context_still_takes_replacements() {
-        assert_eq!(check_context_set("k", "v", MAX_CONTEXT_ENTRIES, true), Ok(()));
+        assert_eq!(
+            check_context_set("k", "v", MAX_CONTEXT_ENTRIES, true),
+            Ok(())
+        );
         assert_eq!(
             check_context_set("k", "v", MAX_CONTEXT_ENTRIES, false),
             Err(InvalidArgument::ContextFull)

@@ -45,10 +45,9 @@ impl fmt::Display for InvalidArgument {
                 f,
                 "headers too large: a head may carry at most {MAX_HEADER_BYTES} bytes of names and values"
             ),
-            Self::Status(status) => write!(
-                f,
-                "invalid status code: {status} (expected 100 to 999)"
-            ),
+            Self::Status(status) => {
+                write!(f, "invalid status code: {status} (expected 100 to 999)")
+            }
             Self::BodyTooLarge(len) => {
                 write!(f, "body too large: {len} bytes, at most {MAX_PLUGIN_BODY}")
             }

@@ -194,7 +194,10 @@ mod tests {
         ] {
             let err = Target::parse(text).unwrap_err();
             assert_eq!(err.problem, problem, "{text:?}");
-            assert_eq!(err.to_string(), format!("invalid target {text:?}: {problem}"));
+            assert_eq!(
+                err.to_string(),
+                format!("invalid target {text:?}: {problem}")
+            );
         }
     }
 }

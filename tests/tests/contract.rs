@@ -258,7 +258,11 @@ fn json_to_toml_inline(value: &Value) -> String {
         Value::Object(map) => format!(
             "{{ {} }}",
             map.iter()
-                .map(|(key, value)| format!("{} = {}", toml_string(key), json_to_toml_inline(value)))
+                .map(|(key, value)| format!(
+                    "{} = {}",
+                    toml_string(key),
+                    json_to_toml_inline(value)
+                ))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -284,7 +288,9 @@ async fn host_mock_and_harness_apply_every_rule_alike() {
         let mock = input.through_mock();
         let harness_answer = input.scenario_field().map(|field| through_harness(&field));
         if host.is_ok() != accepted {
-            problems.push(format!("{input:?}: expected accepted = {accepted}, host says {host:?}"));
+            problems.push(format!(
+                "{input:?}: expected accepted = {accepted}, host says {host:?}"
+            ));
         }
         if mock != host {
             problems.push(format!("{input:?}: host says {host:?}, mock says {mock:?}"));
@@ -292,7 +298,9 @@ async fn host_mock_and_harness_apply_every_rule_alike() {
         if let Some(answer) = harness_answer
             && answer != host
         {
-            problems.push(format!("{input:?}: host says {host:?}, harness says {answer:?}"));
+            problems.push(format!(
+                "{input:?}: host says {host:?}, harness says {answer:?}"
+            ));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
@@ -302,7 +310,9 @@ async fn host_mock_and_harness_apply_every_rule_alike() {
     for rule in &rules {
         for want in [true, false] {
             assert!(
-                cases().iter().any(|(i, ok)| i.rule() == *rule && *ok == want),
+                cases()
+                    .iter()
+                    .any(|(i, ok)| i.rule() == *rule && *ok == want),
                 "{rule}: no {} input",
                 if want { "accepted" } else { "rejected" }
             );

@@ -13,9 +13,7 @@ pub mod cert;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use tollgate_sdk::{
-    Error, PhaseResult, Plugin, client_tls, connection, log, request, response,
-};
+use tollgate_sdk::{Error, PhaseResult, Plugin, client_tls, connection, log, request, response};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 

@@ -142,7 +142,13 @@ fn assert_401(host: &MockHost, message: &str, client_verify: &str) {
     );
     let body: serde_json::Value = serde_json::from_slice(&body).expect("json body");
     assert_eq!(body, serde_json::json!({ "message": message }));
-    assert_eq!(host.client_verify_override.as_ref().map(ToString::to_string).as_deref(), Some(client_verify));
+    assert_eq!(
+        host.client_verify_override
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some(client_verify)
+    );
 }
 
 fn assert_anonymous(host: &MockHost, client_verify: &str) {
@@ -156,7 +162,13 @@ fn assert_anonymous(host: &MockHost, client_verify: &str) {
         Some("true")
     );
     assert_eq!(host.request_header(DN_HEADER), None);
-    assert_eq!(host.client_verify_override.as_ref().map(ToString::to_string).as_deref(), Some(client_verify));
+    assert_eq!(
+        host.client_verify_override
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some(client_verify)
+    );
 }
 
 const NO_CERT: &str = "No required TLS certificate was sent";
@@ -389,7 +401,13 @@ fn without_send_ca_dn_chain_verified_against_ca_certificates_succeeds_whatever_t
     let pki = Pki::new("Demo");
     let host = access_verified(&config(&pki, ""), &pki, &pki.alice_chain());
     assert!(host.exit.is_none());
-    assert_eq!(host.client_verify_override.as_ref().map(ToString::to_string).as_deref(), Some("SUCCESS"));
+    assert_eq!(
+        host.client_verify_override
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("SUCCESS")
+    );
     assert_eq!(
         host.request_header(CONSUMER_HEADER).as_deref(),
         Some("alice-consumer")
@@ -405,7 +423,13 @@ fn send_ca_dn_host_success_authenticates_and_forwards_consumer_dn_and_sans() {
         "SUCCESS",
     );
     assert!(host.exit.is_none());
-    assert_eq!(host.client_verify_override.as_ref().map(ToString::to_string).as_deref(), Some("SUCCESS"));
+    assert_eq!(
+        host.client_verify_override
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("SUCCESS")
+    );
     assert_eq!(
         host.request_header(CONSUMER_HEADER).as_deref(),
         Some("alice-consumer")
@@ -429,7 +453,13 @@ fn chain_is_checked_against_exactly_the_configured_ca_certificates() {
     let chain = pki.alice_chain();
     // The host is asked about exactly the configured CA set.
     let host = access_checked(&config, &chain, &pki.intermediate.pem(), "SUCCESS");
-    assert_eq!(host.client_verify_override.as_ref().map(ToString::to_string).as_deref(), Some("SUCCESS"));
+    assert_eq!(
+        host.client_verify_override
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("SUCCESS")
+    );
     let host = access_verified(&config, &pki, &chain);
     assert_401(
         &host,
@@ -485,7 +515,13 @@ fn skip_consumer_lookup_succeeds_without_consumer_and_drops_a_spoofed_one() {
     let config = config(&pki, r#", "skip_consumer_lookup": true"#).replace("alice", "bob");
     let host = access_on(&config, host);
     assert!(host.exit.is_none());
-    assert_eq!(host.client_verify_override.as_ref().map(ToString::to_string).as_deref(), Some("SUCCESS"));
+    assert_eq!(
+        host.client_verify_override
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("SUCCESS")
+    );
     assert_eq!(host.request_header(CONSUMER_HEADER), None);
     assert_eq!(host.request_header(ANONYMOUS_HEADER), None);
     assert_eq!(

@@ -4,8 +4,8 @@ use percent_encoding::percent_decode_str;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, IsCa, Issuer, KeyPair, SerialNumber,
 };
-use tollgate_sdk::log::Level;
 use tollgate_sdk::Phase;
+use tollgate_sdk::log::Level;
 use tollgate_sdk::mock::{self, MockHost, MockTls};
 
 use super::*;

@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_spanned::Spanned;
-use toml::de::{DeTable, DeValue, ValueDeserializer};
 use tollgate_phases::{ClientVerify, Target};
+use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::scenario::{
     CallPattern, ConnectionExpect, ConnectionScenario, DEFAULT_CIPHER, DEFAULT_CLIENT_ADDRESS,
-    DEFAULT_TLS_VERSION, DEFAULT_UPSTREAM_STATUS, HeaderExpectation, PluginSettings,
-    RequestExpect, RequestScenario, Scenario, ScenarioError, TlsScenario, UpstreamScenario,
-    VerifyExpectation, default_target,
+    DEFAULT_TLS_VERSION, DEFAULT_UPSTREAM_STATUS, HeaderExpectation, PluginSettings, RequestExpect,
+    RequestScenario, Scenario, ScenarioError, TlsScenario, UpstreamScenario, VerifyExpectation,
+    default_target,
 };
 use crate::config::{
     MAX_TIME_LIMIT, MIN_MEMORY_LIMIT, MIN_TIME_LIMIT, Segment, line_column, locate, parse_duration,
@@ -644,7 +644,8 @@ impl Checker<'_> {
         };
         match raw.get_ref() {
             StrOrBool::Str(value) => {
-                let value = ClientVerify::parse(value).map_err(|e| self.error_at(&raw, field, e))?;
+                let value =
+                    ClientVerify::parse(value).map_err(|e| self.error_at(&raw, field, e))?;
                 Ok(Some(VerifyExpectation::Value(value)))
             }
             StrOrBool::Bool(false) => Ok(Some(VerifyExpectation::Plaintext)),

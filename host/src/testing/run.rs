@@ -284,7 +284,11 @@ async fn up_to_upstream(
         return Ok((head, vec![early.body], ResponseSource::PluginExit));
     }
     let targets: Arc<[Target]> = request.targets.iter().cloned().collect();
-    let proposed = request.targets.first().cloned().unwrap_or_else(default_target);
+    let proposed = request
+        .targets
+        .first()
+        .cloned()
+        .unwrap_or_else(default_target);
     let target = exchange.balancer(targets, proposed, 1).await?;
     let head = &exchange.state().request;
     *upstream_request = Some(UpstreamRequest {
