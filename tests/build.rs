@@ -150,7 +150,12 @@ fn find_guests(cargo: &str, workspace: &Path) -> Result<Vec<Guest>, String> {
         .collect();
     example_manifests.sort();
     for manifest in example_manifests {
-        for (_, mut guest) in cdylibs(cargo, &manifest)? {
+        // A non-cdylib member (a helper crate like `examples/support`) is not in
+        // `member_manifests`; its metadata lists the whole workspace, whose guests are in already.
+        for (found, mut guest) in cdylibs(cargo, &manifest)? {
+            if found != manifest {
+                continue;
+            }
             guest.manifest = Some(manifest.clone());
             guests.push(guest);
         }

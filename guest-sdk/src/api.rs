@@ -222,11 +222,20 @@ pub mod context {
 /// The gateway's log, tagged with the plugin and phase. Logging never fails a plugin: errors are
 /// dropped.
 pub mod log {
-    pub use super::bindings::tollgate::plugin::types::LogLevel as Level;
+    use super::bindings::tollgate::plugin::types::LogLevel as WitLevel;
     use super::host;
+    /// A log line's level: the contract's, as the WIT `log-level` enum has it.
+    pub use tollgate_phases::LogLevel as Level;
 
     /// Writes `message` at `level`.
     pub fn log(level: Level, message: &str) {
+        let level = match level {
+            Level::Trace => WitLevel::Trace,
+            Level::Debug => WitLevel::Debug,
+            Level::Info => WitLevel::Info,
+            Level::Warn => WitLevel::Warn,
+            Level::Error => WitLevel::Error,
+        };
         let _ = host::log::log(level, message);
     }
 

@@ -1,32 +1,32 @@
 //! Write [Tollgate](https://example.invalid/tollgate) gateway plugins in Rust.
 //!
 //! A plugin is a `cdylib` crate built for `wasm32-wasip1`. It implements [`Plugin`] (only the
-//! phases it needs), declares those phases in [`Plugin::PHASES`], and exports itself with
-//! [`export_plugin!`]. The gateway loads the `.wasm` file at run time.
+//! phases it needs) in a block marked [`#[plugin]`](plugin), which declares to the gateway
+//! exactly the phase methods the block implements and exports the plugin. The gateway loads the
+//! `.wasm` file at run time.
 //!
 //! ```
-//! use tollgate_sdk::{client_tls, request, Phase, PhaseResult, Plugin};
+//! use tollgate_sdk::{client_tls, request, PhaseResult, Plugin};
 //!
 //! /// Asks every client for a certificate and forwards how many it sent.
 //! struct CountCerts {
 //!     header: String,
 //! }
 //!
+//! #[tollgate_sdk::plugin]
 //! impl Plugin for CountCerts {
-//!     const PHASES: &'static [Phase] = &[Phase::Certificate, Phase::Access];
-//!
 //!     fn configure(config: &str) -> Result<Self, String> {
 //!         // Real plugins parse `config` (JSON) with serde_json.
 //!         let header = if config.contains("x-certs") { "x-certs" } else { "x-client-certs" };
 //!         Ok(CountCerts { header: header.to_string() })
 //!     }
 //!
-//!     fn certificate(&self) -> PhaseResult {
+//!     fn certificate(&mut self) -> PhaseResult {
 //!         client_tls::request_client_certificate(None)?;
 //!         Ok(())
 //!     }
 //!
-//!     fn access(&self) -> PhaseResult {
+//!     fn access(&mut self) -> PhaseResult {
 //!         let count = client_tls::get_full_client_certificate_chain()?
 //!             .map_or(0, |pem| pem.matches("-----BEGIN CERTIFICATE-----").count());
 //!         request::set_header(&self.header, &count.to_string())?;
@@ -34,7 +34,9 @@
 //!     }
 //! }
 //!
-//! tollgate_sdk::export_plugin!(CountCerts);
+//! // The declared phases are the implemented ones:
+//! use tollgate_sdk::Phase;
+//! assert_eq!(tollgate_sdk::declared_phases::<CountCerts>(), [Phase::Certificate, Phase::Access]);
 //!
 //! // Compiled natively (as in `cargo test`), the SDK talks to an in-process mock instead of the
 //! // gateway, so plugin logic can be unit-tested without wasm:
@@ -45,11 +47,11 @@
 //!     tls: Some(MockTls::with_chain("-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n")),
 //!     ..MockHost::default()
 //! });
-//! let plugin = CountCerts::configure("{}").unwrap();
+//! let mut plugin = CountCerts::configure("{}").unwrap();
 //! plugin.access().unwrap();
 //! assert_eq!(mock::with(|host| host.request_header("x-client-certs")), Some("1".to_string()));
 //!
-//! // The phase table applies to the mock too:
+//! // The phase table and the argument rules apply to the mock too, with the gateway's messages:
 //! mock::with(|host| host.phase = Phase::Log);
 //! assert_eq!(
 //!     client_tls::request_client_certificate(None).unwrap_err().to_string(),
@@ -57,16 +59,52 @@
 //! );
 //! ```
 //!
+//! Phases are never listed by hand: [`Plugin`] has no such item, and `#[plugin]` refuses one.
+//!
+//! ```compile_fail
+//! use tollgate_sdk::{Phase, PhaseResult, Plugin};
+//!
+//! struct Stamp;
+//!
+//! #[tollgate_sdk::plugin]
+//! impl Plugin for Stamp {
+//!     const PHASES: &'static [Phase] = &[Phase::Access]; // error: remove `PHASES`
+//!
+//!     fn configure(_: &str) -> Result<Self, String> { Ok(Stamp) }
+//!     fn header_filter(&mut self) -> PhaseResult { Ok(()) }
+//! }
+//! ```
+//!
+//! Without `#[plugin]` there is no export, and so no plugin for the gateway to load:
+//! [`declared_phases`] does not compile for such a type.
+//!
+//! ```compile_fail
+//! use tollgate_sdk::{PhaseResult, Plugin};
+//!
+//! struct Unexported;
+//!
+//! impl Plugin for Unexported {
+//!     fn configure(_: &str) -> Result<Self, String> { Ok(Unexported) }
+//!     fn header_filter(&mut self) -> PhaseResult { Ok(()) }
+//! }
+//!
+//! let _ = tollgate_sdk::declared_phases::<Unexported>();
+//! ```
+//!
 //! Every function returns a typed [`Error`] instead of trapping; the SDK itself never panics on
 //! a host error. A phase method's error fails that phase for this request (the gateway answers
 //! 500 unless the plugin is configured `fail_open`).
+
+// `#[plugin]` expands to paths through `::tollgate_sdk`, which this crate's own tests use too.
+extern crate self as tollgate_sdk;
 
 mod api;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mock;
 
 pub use api::{balancer, client_tls, connection, context, log, request, response};
-pub use tollgate_phases::Phase;
+pub use tollgate_phases::{ClientVerify, Phase, Target};
+pub use tollgate_sdk_macros::plugin;
 
 use std::fmt;
 
@@ -121,62 +159,66 @@ impl<E: fmt::Display> From<E> for PhaseError {
 /// What a phase method returns.
 pub type PhaseResult = Result<(), PhaseError>;
 
-/// A Tollgate plugin. Implement only the phases you need; the others default to doing nothing.
+/// A Tollgate plugin. Implement only the phases you need, in a block marked
+/// [`#[plugin]`](plugin): the phases it implements are the ones the gateway runs it in.
 ///
 /// The gateway makes a fresh instance per request (and per connection for `certificate`) and
 /// calls [`Plugin::configure`] in it first, so `configure` should be quick and deterministic.
+/// The phase methods of one request run on that one value, so they take `&mut self`: a field
+/// set in `access` is there in `log`, with no `RefCell` and no round trip through the context.
 pub trait Plugin: Sized + 'static {
-    /// The phases this plugin handles. The gateway never runs (or instantiates) the plugin for
-    /// any other, so a phase method not listed here is never called.
-    const PHASES: &'static [Phase];
-
     /// Builds the plugin from its configuration (JSON). An `Err` rejects the configuration at
     /// load time with that message.
     fn configure(config: &str) -> Result<Self, String>;
 
     /// After the ClientHello, before the server answers: request a client certificate, turn off
     /// session reuse. Runs once per connection.
-    fn certificate(&self) -> PhaseResult {
+    fn certificate(&mut self) -> PhaseResult {
         Ok(())
     }
 
     /// Request head received, before routing decisions are final.
-    fn rewrite(&self) -> PhaseResult {
+    fn rewrite(&mut self) -> PhaseResult {
         Ok(())
     }
 
     /// After routing: authenticate, authorise, or answer the request with [`response::exit`].
-    fn access(&self) -> PhaseResult {
+    fn access(&mut self) -> PhaseResult {
         Ok(())
     }
 
     /// Choosing the upstream target; runs again for each retry.
-    fn balancer(&self) -> PhaseResult {
+    fn balancer(&mut self) -> PhaseResult {
         Ok(())
     }
 
     /// Upstream response head received, before it is sent to the client.
-    fn header_filter(&self) -> PhaseResult {
+    fn header_filter(&mut self) -> PhaseResult {
         Ok(())
     }
 
     /// One chunk of the response body; replace it with [`response::set_body_chunk`].
-    fn body_filter(&self, chunk: &[u8], end_of_stream: bool) -> PhaseResult {
+    fn body_filter(&mut self, chunk: &[u8], end_of_stream: bool) -> PhaseResult {
         let _ = (chunk, end_of_stream);
         Ok(())
     }
 
     /// After the response is sent.
-    fn log(&self) -> PhaseResult {
+    fn log(&mut self) -> PhaseResult {
         Ok(())
     }
 }
 
-/// Exports a [`Plugin`] implementation as the component's `tollgate:plugin/handler`.
-///
-/// Use it once per plugin crate: `tollgate_sdk::export_plugin!(MyPlugin);`
+/// The phases a [`#[plugin]`](plugin) type declares to the gateway: the phase methods its block
+/// implements, in canonical order. For a plugin's own tests.
+pub fn declared_phases<P: __private::Declared>() -> &'static [Phase] {
+    P::PHASES
+}
+
+/// Exports a [`Plugin`] as the component's `tollgate:plugin/handler`; `#[plugin]` expands to it.
+#[doc(hidden)]
 #[macro_export]
-macro_rules! export_plugin {
+macro_rules! __export_plugin {
     ($plugin:ty) => {
         #[cfg(target_arch = "wasm32")]
         #[allow(unsafe_code)]
@@ -220,7 +262,7 @@ macro_rules! export_plugin {
     };
 }
 
-/// Support for [`export_plugin!`]; not a public API.
+/// Support for [`#[plugin]`](plugin); not a public API.
 #[doc(hidden)]
 pub mod __private {
     use std::any::Any;
@@ -231,6 +273,15 @@ pub mod __private {
     pub use crate::api::bindings::exports::tollgate::plugin::handler::Guest;
     pub use crate::api::bindings::tollgate::plugin::types::Phase as WitPhase;
     use crate::{Phase, Plugin};
+
+    pub use crate::__export_plugin as export_plugin;
+
+    /// The phases a plugin declares; implemented by `#[plugin]` only, from the methods of the
+    /// plugin's `impl` block.
+    pub trait Declared: Plugin {
+        /// The implemented phase methods, in canonical order.
+        const PHASES: &'static [Phase];
+    }
 
     thread_local! {
         /// The configured plugin of this instance (one plugin per module).
@@ -243,16 +294,18 @@ pub mod __private {
         Ok(())
     }
 
-    pub fn phases<P: Plugin>() -> Vec<WitPhase> {
+    pub fn phases<P: Declared>() -> Vec<WitPhase> {
         P::PHASES.iter().map(|phase| wit_phase(*phase)).collect()
     }
 
-    pub fn run<P: Plugin>(handler: impl FnOnce(&P) -> crate::PhaseResult) -> Result<(), String> {
+    pub fn run<P: Plugin>(
+        handler: impl FnOnce(&mut P) -> crate::PhaseResult,
+    ) -> Result<(), String> {
         PLUGIN.with(|slot| {
-            let slot = slot.borrow();
+            let mut slot = slot.borrow_mut();
             let plugin = slot
-                .as_ref()
-                .and_then(|plugin| plugin.downcast_ref::<P>())
+                .as_mut()
+                .and_then(|plugin| plugin.downcast_mut::<P>())
                 .ok_or_else(|| "plugin called before configure".to_string())?;
             handler(plugin).map_err(|err| err.message().to_string())
         })
@@ -270,3 +323,6 @@ pub mod __private {
         }
     }
 }
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests;

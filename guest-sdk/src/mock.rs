@@ -2,15 +2,17 @@
 //! `cargo test`). A test installs a [`MockHost`] describing the connection, request and phase,
 //! calls the plugin's methods, then inspects what the plugin did.
 //!
-//! The mock enforces the same phase table and argument rules as the gateway, so wrong-phase
-//! calls fail in unit tests exactly as they would in production.
+//! The mock enforces the same phase table and validates arguments through the same contract
+//! rules ([`tollgate_phases`]) as the gateway, including its bounds on heads, bodies and the
+//! context, so a call the gateway refuses fails in unit tests with the same message.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use tollgate_phases::{HostFunction, Phase};
+use tollgate_phases::{ClientVerify, HostFunction, InvalidArgument, Phase, Target};
 
-use crate::api::bindings::tollgate::plugin::types::{Error as HostError, LogLevel};
+use crate::api::bindings::tollgate::plugin::types::{Error as HostError, LogLevel as WitLevel};
+use crate::log::Level;
 
 /// The TLS session the mock connection has.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +24,7 @@ pub struct MockTls {
     /// The chain `get_full_client_certificate_chain` returns.
     pub client_chain_pem: Option<String>,
     /// The handshake's verify result.
-    pub client_verify: String,
+    pub client_verify: ClientVerify,
 }
 
 impl Default for MockTls {
@@ -31,7 +33,7 @@ impl Default for MockTls {
             version: "TLSv1.3".into(),
             cipher: "TLS_AES_256_GCM_SHA384".into(),
             client_chain_pem: None,
-            client_verify: "NONE".into(),
+            client_verify: ClientVerify::None,
         }
     }
 }
@@ -42,7 +44,7 @@ impl MockTls {
     pub fn with_chain(chain_pem: &str) -> Self {
         MockTls {
             client_chain_pem: Some(chain_pem.to_string()),
-            client_verify: "FAILED:unable to get local issuer certificate".into(),
+            client_verify: ClientVerify::Failed("unable to get local issuer certificate".into()),
             ..MockTls::default()
         }
     }
@@ -86,15 +88,15 @@ pub struct MockHost {
     /// Output: whether `disable_session_reuse` was called.
     pub session_reuse_disabled: bool,
     /// Output: the last `set_client_verify` value.
-    pub client_verify_override: Option<String>,
+    pub client_verify_override: Option<ClientVerify>,
     /// Output: the response given with `exit`: status, headers, body.
     pub exit: Option<MockExit>,
     /// Output: the target chosen with `set_target`.
-    pub chosen_target: Option<String>,
+    pub chosen_target: Option<Target>,
     /// Output: the replacement body chunk.
     pub body_chunk: Option<Vec<u8>>,
     /// Output: log lines.
-    pub logs: Vec<(LogLevel, String)>,
+    pub logs: Vec<(Level, String)>,
     /// What `verify_client_chain` answers (the mock does no cryptography): the given CA PEM
     /// and the answer. Unlisted CA sets answer `FAILED:unable to get local issuer certificate`.
     pub chain_verification: Vec<(String, String)>,
@@ -188,6 +190,29 @@ fn call<T>(
     })
 }
 
+/// An argument the contract rejects, as the gateway reports it.
+fn invalid(err: impl Into<InvalidArgument>) -> HostError {
+    HostError::InvalidArgument(err.into().to_string())
+}
+
+/// Checks `set-header` against the contract: the name, the value, then the head's bounds with
+/// the header replaced.
+fn check_set_header(
+    headers: &[(String, String)],
+    name: &str,
+    value: &str,
+) -> Result<(), HostError> {
+    tollgate_phases::check_header_name(name).map_err(invalid)?;
+    tollgate_phases::check_header_value(value).map_err(invalid)?;
+    let kept = headers
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case(name));
+    let (count, bytes) = kept.fold((1, name.len() + value.len()), |(count, bytes), (n, v)| {
+        (count + 1, bytes + n.len() + v.len())
+    });
+    tollgate_phases::check_head_size(count, bytes).map_err(invalid)
+}
+
 fn tls(host: &MockHost) -> Result<&MockTls, HostError> {
     host.tls.as_ref().ok_or(HostError::NotTls)
 }
@@ -244,9 +269,7 @@ pub(crate) mod host {
 
         pub fn set_client_verify(value: &str) -> Result<(), HostError> {
             call(HostFunction::SetClientVerify, |host| {
-                tollgate_phases::check_client_verify_value(value)
-                    .map_err(|err| HostError::InvalidArgument(err.to_string()))?;
-                host.client_verify_override = Some(value.to_string());
+                host.client_verify_override = Some(ClientVerify::parse(value).map_err(invalid)?);
                 Ok(())
             })
         }
@@ -276,7 +299,7 @@ pub(crate) mod host {
         }
         pub fn client_verify() -> Result<String, HostError> {
             call(HostFunction::ClientVerify, |host| {
-                Ok(tls(host)?.client_verify.clone())
+                Ok(tls(host)?.client_verify.to_string())
             })
         }
     }
@@ -305,12 +328,14 @@ pub(crate) mod host {
         }
         pub fn set_header(name: &str, value: &str) -> Result<(), HostError> {
             call(HostFunction::SetRequestHeader, |host| {
+                check_set_header(&host.request_headers, name, value)?;
                 put(&mut host.request_headers, name, Some(value));
                 Ok(())
             })
         }
         pub fn remove_header(name: &str) -> Result<(), HostError> {
             call(HostFunction::RemoveRequestHeader, |host| {
+                tollgate_phases::check_header_name(name).map_err(invalid)?;
                 put(&mut host.request_headers, name, None);
                 Ok(())
             })
@@ -326,6 +351,7 @@ pub(crate) mod host {
             body: &[u8],
         ) -> Result<(), HostError> {
             call(HostFunction::Exit, |host| {
+                tollgate_phases::check_exit(status, headers, body.len()).map_err(invalid)?;
                 host.exit = Some((status, headers.to_vec(), body.to_vec()));
                 Ok(())
             })
@@ -348,18 +374,21 @@ pub(crate) mod host {
         }
         pub fn set_header(name: &str, value: &str) -> Result<(), HostError> {
             call(HostFunction::SetResponseHeader, |host| {
+                check_set_header(&host.response_headers, name, value)?;
                 put(&mut host.response_headers, name, Some(value));
                 Ok(())
             })
         }
         pub fn remove_header(name: &str) -> Result<(), HostError> {
             call(HostFunction::RemoveResponseHeader, |host| {
+                tollgate_phases::check_header_name(name).map_err(invalid)?;
                 put(&mut host.response_headers, name, None);
                 Ok(())
             })
         }
         pub fn set_body_chunk(chunk: &[u8]) -> Result<(), HostError> {
             call(HostFunction::SetBodyChunk, |host| {
+                tollgate_phases::check_body(chunk.len()).map_err(invalid)?;
                 host.body_chunk = Some(chunk.to_vec());
                 Ok(())
             })
@@ -376,7 +405,7 @@ pub(crate) mod host {
         }
         pub fn set_target(target: &str) -> Result<(), HostError> {
             call(HostFunction::SetTarget, |host| {
-                host.chosen_target = Some(target.to_string());
+                host.chosen_target = Some(Target::parse(target).map_err(invalid)?);
                 Ok(())
             })
         }
@@ -395,6 +424,13 @@ pub(crate) mod host {
         }
         pub fn set(key: &str, value: &str) -> Result<(), HostError> {
             call(HostFunction::ContextSet, |host| {
+                tollgate_phases::check_context_set(
+                    key,
+                    value,
+                    host.context.len(),
+                    host.context.contains_key(key),
+                )
+                .map_err(invalid)?;
                 host.context.insert(key.to_string(), value.to_string());
                 Ok(())
             })
@@ -404,7 +440,14 @@ pub(crate) mod host {
     pub mod log {
         use super::*;
 
-        pub fn log(level: LogLevel, message: &str) -> Result<(), HostError> {
+        pub fn log(level: WitLevel, message: &str) -> Result<(), HostError> {
+            let level = match level {
+                WitLevel::Trace => Level::Trace,
+                WitLevel::Debug => Level::Debug,
+                WitLevel::Info => Level::Info,
+                WitLevel::Warn => Level::Warn,
+                WitLevel::Error => Level::Error,
+            };
             call(HostFunction::Log, |host| {
                 host.logs.push((level, message.to_string()));
                 Ok(())

@@ -4,7 +4,7 @@
 //! field it concerns, the way a compiler reports errors:
 //!
 //! ```text
-//! tollgate.toml:12:11: services[0].targets[1]: target needs a port: `127.0.0.1`
+//! tollgate.toml:12:11: services[0].targets[1]: invalid target "127.0.0.1": expected host:port (or [ipv6]:port)
 //! tollgate.toml:20:8: plugins[0].path: file not found: /etc/tollgate/plugins/mtls.wasm
 //! ```
 //!
@@ -157,24 +157,8 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// An upstream `host:port`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Target {
-    /// Host name or IP address (IPv6 without brackets).
-    pub host: String,
-    /// TCP port, never 0.
-    pub port: u16,
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
+/// An upstream `host:port`: the contract's type, shared with `balancer.set-target`.
+pub use tollgate_phases::Target;
 
 /// An upstream service: where proxied requests go.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 
 use crate::tls::{ClientVerify, TlsPolicy};
+use tollgate_phases::Target;
 
 /// What is known about the client's connection once the handshake is done.
 #[derive(Debug, Clone)]
@@ -39,10 +40,7 @@ pub struct TlsSession {
 /// Key/value pairs shared between phases and plugins.
 pub type Context = BTreeMap<String, String>;
 
-/// Most keys a context may hold; a plugin that goes past it gets `invalid-argument`.
-pub const MAX_CONTEXT_ENTRIES: usize = 256;
-/// Longest value (and key) a context entry may have.
-pub const MAX_CONTEXT_VALUE: usize = 64 * 1024;
+pub use tollgate_phases::{MAX_CONTEXT_ENTRIES, MAX_CONTEXT_VALUE};
 
 /// The certificate phase's state: one connection's ClientHello and what plugins decide about it.
 #[derive(Debug, Clone)]
@@ -93,10 +91,10 @@ pub struct EarlyResponse {
 /// The balancer phase's view of one attempt.
 #[derive(Debug, Clone, Default)]
 pub struct BalancerState {
-    /// The service's targets, `host:port`.
-    pub targets: Arc<[String]>,
+    /// The service's targets.
+    pub targets: Arc<[Target]>,
     /// The target this attempt goes to (round-robin, or a plugin's choice).
-    pub target: Option<String>,
+    pub target: Option<Target>,
     /// 1 for the first try.
     pub attempt: u32,
 }

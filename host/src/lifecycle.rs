@@ -21,7 +21,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, StatusCode};
-use tollgate_phases::Phase;
+use tollgate_phases::{Phase, Target};
 
 use crate::exchange::{RequestHead, ResponseHead};
 use crate::log::{
@@ -79,15 +79,19 @@ pub trait RequestIo: Send {
     /// The upstream response body.
     type UpstreamBody: Send;
 
-    /// The upstream's targets, `host:port`.
-    fn targets(&self) -> Arc<[String]>;
-    /// The target the upstream's own balancing proposes for the next attempt.
-    fn propose_target(&mut self) -> String;
+    /// The upstream's targets.
+    fn targets(&self) -> Arc<[Target]>;
+    /// The target the upstream's own balancing proposes for the next attempt; `None` when the
+    /// upstream has none.
+    fn propose_target(&mut self) -> Option<Target>;
     /// How many connection attempts a request may make (retries + 1).
     fn attempts(&self) -> u32;
 
     /// Opens a connection to `target`. A retryable error makes the next attempt.
-    fn connect(&mut self, target: &str) -> impl Future<Output = Result<(), UpstreamError>> + Send;
+    fn connect(
+        &mut self,
+        target: &Target,
+    ) -> impl Future<Output = Result<(), UpstreamError>> + Send;
 
     /// Sends `request` (as plugins left it) on the connection just made, with the request body.
     fn send(
@@ -182,7 +186,7 @@ enum Source<B> {
 struct UpstreamLog {
     uri: String,
     tries: Vec<Try>,
-    target: Option<(String, u16)>,
+    target: Option<Target>,
     proxy_ms: i64,
 }
 
@@ -268,18 +272,20 @@ async fn up_to_response<Io: RequestIo>(
     loop {
         attempt += 1;
         let balancer_started = Instant::now();
-        let proposed = io.propose_target();
+        let Some(proposed) = io.propose_target() else {
+            let (head, bytes) = kong_error(StatusCode::SERVICE_UNAVAILABLE, "No targets available");
+            return Outcome::Failed(head, bytes, Origin::Gateway);
+        };
         let target = match exchange.balancer(targets.clone(), proposed, attempt).await {
             Ok(target) => target,
             Err(err) => return plugin_failed(&err),
         };
-        let (ip, port) = split_target(&target);
-        upstream.target = Some((ip.clone(), port));
         upstream.tries.push(Try {
-            ip,
-            port,
+            ip: target.host().to_owned(),
+            port: target.port(),
             balancer_latency: balancer_started.elapsed().as_millis() as u64,
         });
+        upstream.target = Some(target.clone());
         match io.connect(&target).await {
             Ok(()) => break,
             Err(err) if err.is_retryable() && attempt < attempts => {
@@ -465,10 +471,10 @@ fn log_entry(
 fn base_entry(draft: LogDraft, upstream: UpstreamLog, head: &ResponseHead, sent: u64) -> LogEntry {
     let request_ms = draft.started.elapsed().as_millis() as i64;
     let service = match (draft.service, upstream.target) {
-        (Some((name, protocol)), Some((host, port))) => Some(ServiceLog {
+        (Some((name, protocol)), Some(target)) => Some(ServiceLog {
             name,
-            host,
-            port,
+            host: target.host().to_owned(),
+            port: target.port(),
             protocol,
         }),
         _ => None,
@@ -492,18 +498,6 @@ fn base_entry(draft: LogDraft, upstream: UpstreamLog, head: &ResponseHead, sent:
         service,
         tries: upstream.tries,
         plugin_errors: Vec::new(),
-    }
-}
-
-fn split_target(target: &str) -> (String, u16) {
-    match target.rsplit_once(':') {
-        Some((host, port)) => (
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port.parse().unwrap_or(0),
-        ),
-        None => (target.to_owned(), 0),
     }
 }
 

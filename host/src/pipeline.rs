@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue};
-use tollgate_phases::{Phase, PhaseSet};
+use tollgate_phases::{Phase, PhaseSet, Target};
 
 use crate::exchange::{Context, EarlyResponse, ExchangeState, HandshakeState, ResponseHead};
 use crate::runtime::{
@@ -323,10 +323,10 @@ impl Exchange {
     /// `proposed`; returns the target to use (a plugin may have chosen another).
     pub async fn balancer(
         &mut self,
-        targets: Arc<[String]>,
-        proposed: String,
+        targets: Arc<[Target]>,
+        proposed: Target,
         attempt: u32,
-    ) -> Result<String, PluginError> {
+    ) -> Result<Target, PluginError> {
         {
             let balancer = &mut self.state_mut().balancer;
             balancer.targets = targets;

@@ -140,9 +140,9 @@ pub async fn run_request_phases(exchange: &mut Exchange, body: &str) -> PhaseRes
         (Phase::Rewrite, exchange.rewrite().await),
         (Phase::Access, exchange.access().await),
     ];
-    let targets: Arc<[String]> = vec!["127.0.0.1:8080".to_string()].into();
+    let target = tollgate::testing::default_target();
     let balancer = exchange
-        .balancer(targets, "127.0.0.1:8080".to_string(), 1)
+        .balancer(vec![target.clone()].into(), target, 1)
         .await;
     results.push((Phase::Balancer, balancer.map(drop)));
     let head = ResponseHead {

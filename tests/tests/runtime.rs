@@ -578,7 +578,7 @@ async fn load_error_core_module_without_component_type_says_how_to_build_one() {
         message,
         format!(
             "plugin {}: missing export tollgate:plugin/handler@0.1.0 \
-             (does the plugin call export_plugin!?)",
+             (is the plugin's impl marked #[tollgate_sdk::plugin]?)",
             path.display()
         )
     );
@@ -771,32 +771,29 @@ fn every_wit_import_function_has_a_host_function() {
 // test command must have built first: `cargo build --release -p tollgate`.
 
 const OUTSIDE_PLUGIN: &str = r#"
-use tollgate_sdk::{client_tls, request, Phase, PhaseResult, Plugin};
+use tollgate_sdk::{client_tls, request, PhaseResult, Plugin};
 
 /// Asks for a client certificate and forwards how many certificates the client sent.
 struct CountCerts;
 
+#[tollgate_sdk::plugin]
 impl Plugin for CountCerts {
-    const PHASES: &'static [Phase] = &[Phase::Certificate, Phase::Access];
-
     fn configure(_config: &str) -> Result<Self, String> {
         Ok(CountCerts)
     }
 
-    fn certificate(&self) -> PhaseResult {
+    fn certificate(&mut self) -> PhaseResult {
         client_tls::request_client_certificate(None)?;
         Ok(())
     }
 
-    fn access(&self) -> PhaseResult {
+    fn access(&mut self) -> PhaseResult {
         let count = client_tls::get_full_client_certificate_chain()?
             .map_or(0, |pem| pem.matches("-----BEGIN CERTIFICATE-----").count());
         request::set_header("x-client-certs", &count.to_string())?;
         Ok(())
     }
 }
-
-tollgate_sdk::export_plugin!(CountCerts);
 "#;
 
 const OUTSIDE_SCENARIO: &str = r#"

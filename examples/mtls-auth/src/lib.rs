@@ -9,21 +9,17 @@
 //! (`client_tls::verify_client_chain`), whatever the listener's own client CA bundle says.
 
 pub mod cert;
-pub mod dn;
-#[path = "../../tls-handshake-modifier/src/sni.rs"]
-pub mod sni;
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use tollgate_sdk::{
-    Error, Phase, PhaseResult, Plugin, client_tls, connection, log, request, response,
-};
+use tollgate_sdk::{Error, PhaseResult, Plugin, client_tls, connection, log, request, response};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
 use cert::San;
-use sni::Snis;
+use tollgate_example_support::dn;
+use tollgate_example_support::sni::Snis;
 
 /// Upstream header: the consumer's name.
 pub const CONSUMER_HEADER: &str = "X-Consumer-Username";
@@ -122,16 +118,15 @@ struct Client {
     sans: Vec<San>,
 }
 
+#[tollgate_sdk::plugin]
 impl Plugin for MtlsAuth {
-    const PHASES: &'static [Phase] = &[Phase::Certificate, Phase::Access];
-
     fn configure(config: &str) -> Result<Self, String> {
         let config: Config = serde_json::from_str(config)
             .map_err(|err| format!("invalid mtls-auth configuration: {err}"))?;
         MtlsAuth::new(config).map_err(|err| format!("invalid mtls-auth configuration: {err}"))
     }
 
-    fn certificate(&self) -> PhaseResult {
+    fn certificate(&mut self) -> PhaseResult {
         if !self.snis.matches(connection::sni()?.as_deref()) {
             return Ok(());
         }
@@ -141,7 +136,7 @@ impl Plugin for MtlsAuth {
         Ok(())
     }
 
-    fn access(&self) -> PhaseResult {
+    fn access(&mut self) -> PhaseResult {
         if !self.snis.matches(connection::sni()?.as_deref()) {
             return Ok(());
         }
@@ -152,8 +147,6 @@ impl Plugin for MtlsAuth {
         }
     }
 }
-
-tollgate_sdk::export_plugin!(MtlsAuth);
 
 impl MtlsAuth {
     fn new(config: Config) -> Result<Self, String> {

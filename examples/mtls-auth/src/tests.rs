@@ -4,6 +4,7 @@ use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType, date_time_ymd,
 };
+use tollgate_sdk::Phase;
 use tollgate_sdk::mock::{self, MockHost, MockTls};
 
 use super::*;
@@ -88,7 +89,7 @@ fn tls_host(chain: Option<&str>, client_verify: &str) -> MockHost {
         sni: Some("api.example.com".into()),
         tls: Some(MockTls {
             client_chain_pem: chain.map(str::to_string),
-            client_verify: client_verify.into(),
+            client_verify: client_verify.parse().expect("a client_verify value"),
             ..MockTls::default()
         }),
         ..MockHost::default()
@@ -123,7 +124,7 @@ fn access_on(config: &str, host: MockHost) -> MockHost {
         phase: Phase::Access,
         ..host
     });
-    let plugin = MtlsAuth::configure(config).expect("valid config");
+    let mut plugin = MtlsAuth::configure(config).expect("valid config");
     plugin.access().expect("access phase");
     mock::take()
 }
@@ -141,7 +142,13 @@ fn assert_401(host: &MockHost, message: &str, client_verify: &str) {
     );
     let body: serde_json::Value = serde_json::from_slice(&body).expect("json body");
     assert_eq!(body, serde_json::json!({ "message": message }));
-    assert_eq!(host.client_verify_override.as_deref(), Some(client_verify));
+    assert_eq!(
+        host.client_verify_override
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some(client_verify)
+    );
 }
 
 fn assert_anonymous(host: &MockHost, client_verify: &str) {
@@ -155,7 +162,13 @@ fn assert_anonymous(host: &MockHost, client_verify: &str) {
         Some("true")
     );
     assert_eq!(host.request_header(DN_HEADER), None);
-    assert_eq!(host.client_verify_override.as_deref(), Some(client_verify));
+    assert_eq!(
+        host.client_verify_override
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some(client_verify)
+    );
 }
 
 const NO_CERT: &str = "No required TLS certificate was sent";
@@ -208,7 +221,7 @@ fn handshake(config: &str, sni: Option<&str>) -> MockHost {
         sni: sni.map(str::to_string),
         ..MockHost::default()
     });
-    let plugin = MtlsAuth::configure(config).expect("valid config");
+    let mut plugin = MtlsAuth::configure(config).expect("valid config");
     plugin.certificate().expect("certificate phase");
     mock::take()
 }
@@ -388,7 +401,13 @@ fn without_send_ca_dn_chain_verified_against_ca_certificates_succeeds_whatever_t
     let pki = Pki::new("Demo");
     let host = access_verified(&config(&pki, ""), &pki, &pki.alice_chain());
     assert!(host.exit.is_none());
-    assert_eq!(host.client_verify_override.as_deref(), Some("SUCCESS"));
+    assert_eq!(
+        host.client_verify_override
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("SUCCESS")
+    );
     assert_eq!(
         host.request_header(CONSUMER_HEADER).as_deref(),
         Some("alice-consumer")
@@ -404,7 +423,13 @@ fn send_ca_dn_host_success_authenticates_and_forwards_consumer_dn_and_sans() {
         "SUCCESS",
     );
     assert!(host.exit.is_none());
-    assert_eq!(host.client_verify_override.as_deref(), Some("SUCCESS"));
+    assert_eq!(
+        host.client_verify_override
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("SUCCESS")
+    );
     assert_eq!(
         host.request_header(CONSUMER_HEADER).as_deref(),
         Some("alice-consumer")
@@ -428,7 +453,13 @@ fn chain_is_checked_against_exactly_the_configured_ca_certificates() {
     let chain = pki.alice_chain();
     // The host is asked about exactly the configured CA set.
     let host = access_checked(&config, &chain, &pki.intermediate.pem(), "SUCCESS");
-    assert_eq!(host.client_verify_override.as_deref(), Some("SUCCESS"));
+    assert_eq!(
+        host.client_verify_override
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("SUCCESS")
+    );
     let host = access_verified(&config, &pki, &chain);
     assert_401(
         &host,
@@ -484,7 +515,13 @@ fn skip_consumer_lookup_succeeds_without_consumer_and_drops_a_spoofed_one() {
     let config = config(&pki, r#", "skip_consumer_lookup": true"#).replace("alice", "bob");
     let host = access_on(&config, host);
     assert!(host.exit.is_none());
-    assert_eq!(host.client_verify_override.as_deref(), Some("SUCCESS"));
+    assert_eq!(
+        host.client_verify_override
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("SUCCESS")
+    );
     assert_eq!(host.request_header(CONSUMER_HEADER), None);
     assert_eq!(host.request_header(ANONYMOUS_HEADER), None);
     assert_eq!(

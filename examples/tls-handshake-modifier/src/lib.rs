@@ -3,12 +3,10 @@
 //! there on every connection. It verifies nothing; pair it with a plugin that reads the chain
 //! (`tls-metadata-headers`) or use `mtls-auth`, which also authenticates.
 
-pub mod sni;
-
 use serde::Deserialize;
-use tollgate_sdk::{Phase, PhaseResult, Plugin, client_tls, connection};
+use tollgate_sdk::{PhaseResult, Plugin, client_tls, connection};
 
-use sni::Snis;
+use tollgate_example_support::sni::Snis;
 
 /// The plugin's configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -25,16 +23,15 @@ pub struct TlsHandshakeModifier {
     config: Config,
 }
 
+#[tollgate_sdk::plugin]
 impl Plugin for TlsHandshakeModifier {
-    const PHASES: &'static [Phase] = &[Phase::Certificate];
-
     fn configure(config: &str) -> Result<Self, String> {
         let config = serde_json::from_str(config)
             .map_err(|err| format!("invalid tls-handshake-modifier configuration: {err}"))?;
         Ok(TlsHandshakeModifier { config })
     }
 
-    fn certificate(&self) -> PhaseResult {
+    fn certificate(&mut self) -> PhaseResult {
         if !self.config.snis.matches(connection::sni()?.as_deref()) {
             return Ok(());
         }
@@ -44,10 +41,9 @@ impl Plugin for TlsHandshakeModifier {
     }
 }
 
-tollgate_sdk::export_plugin!(TlsHandshakeModifier);
-
 #[cfg(test)]
 mod tests {
+    use tollgate_sdk::Phase;
     use tollgate_sdk::mock::{self, MockHost};
 
     use super::*;
@@ -58,7 +54,7 @@ mod tests {
             sni: sni.map(str::to_string),
             ..MockHost::default()
         });
-        let plugin = TlsHandshakeModifier::configure(config).expect("valid config");
+        let mut plugin = TlsHandshakeModifier::configure(config).expect("valid config");
         plugin.certificate().expect("certificate phase");
         mock::take()
     }
@@ -130,6 +126,9 @@ mod tests {
 
     #[test]
     fn phases_are_certificate_only() {
-        assert_eq!(TlsHandshakeModifier::PHASES, &[Phase::Certificate]);
+        assert_eq!(
+            tollgate_sdk::declared_phases::<TlsHandshakeModifier>(),
+            [Phase::Certificate]
+        );
     }
 }

@@ -5,15 +5,13 @@
 //! It does not ask for a certificate itself: pair it with `tls-handshake-modifier` (forward
 //! whatever the client sent) or `mtls-auth` (forward only authenticated clients).
 
-#[path = "../../mtls-auth/src/dn.rs"]
-pub mod dn;
-
 use std::fmt::Write;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use sha1::{Digest, Sha1};
-use tollgate_sdk::{Error, Phase, PhaseResult, Plugin, client_tls, log, request};
+use tollgate_example_support::dn;
+use tollgate_sdk::{Error, PhaseResult, Plugin, client_tls, log, request};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::pem::Pem;
 use x509_parser::prelude::FromDer;
@@ -114,9 +112,8 @@ pub struct TlsMetadataHeaders {
     config: Config,
 }
 
+#[tollgate_sdk::plugin]
 impl Plugin for TlsMetadataHeaders {
-    const PHASES: &'static [Phase] = &[Phase::Access];
-
     fn configure(config: &str) -> Result<Self, String> {
         let config: Config = serde_json::from_str(config)
             .map_err(|err| format!("invalid tls-metadata-headers configuration: {err}"))?;
@@ -126,7 +123,7 @@ impl Plugin for TlsMetadataHeaders {
         Ok(TlsMetadataHeaders { config })
     }
 
-    fn access(&self) -> PhaseResult {
+    fn access(&mut self) -> PhaseResult {
         // What the upstream gets in these headers comes from the TLS connection, never the client.
         for (_, name) in self.config.names() {
             request::remove_header(name)?;
@@ -164,8 +161,6 @@ impl Plugin for TlsMetadataHeaders {
         Ok(())
     }
 }
-
-tollgate_sdk::export_plugin!(TlsMetadataHeaders);
 
 /// What is forwarded about the leaf.
 #[derive(Debug, PartialEq, Eq)]

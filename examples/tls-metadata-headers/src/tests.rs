@@ -4,6 +4,7 @@ use percent_encoding::percent_decode_str;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, IsCa, Issuer, KeyPair, SerialNumber,
 };
+use tollgate_sdk::Phase;
 use tollgate_sdk::log::Level;
 use tollgate_sdk::mock::{self, MockHost, MockTls};
 
@@ -50,7 +51,7 @@ fn run(config: &str, host: MockHost) -> MockHost {
         phase: Phase::Access,
         ..host
     });
-    let plugin = TlsMetadataHeaders::configure(config).expect("valid config");
+    let mut plugin = TlsMetadataHeaders::configure(config).expect("valid config");
     plugin.access().expect("access phase");
     mock::take()
 }
@@ -206,5 +207,8 @@ fn invalid_or_duplicate_header_name_is_rejected_at_load() {
 
 #[test]
 fn phases_are_access_only() {
-    assert_eq!(TlsMetadataHeaders::PHASES, &[Phase::Access]);
+    assert_eq!(
+        tollgate_sdk::declared_phases::<TlsMetadataHeaders>(),
+        [Phase::Access]
+    );
 }

@@ -151,9 +151,13 @@ fn full_example_resolves_to_expected_structures() {
         d.join("certs/server.pem")
     );
 
-    let target = |host: &str, port| Target {
-        host: host.into(),
-        port,
+    let target = |host: &str, port: u16| {
+        let text = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Target::parse(&text).unwrap()
     };
     assert_eq!(
         config.services,
@@ -447,9 +451,9 @@ memory_limit = "1TB"
         "$DIR/tollgate.toml:16:11: listeners[2].address: duplicate address 127.0.0.1:9000 (also listeners[1])",
         "$DIR/tollgate.toml:19:7: listeners[2].certificates[0].key: file not found: $DIR/certs/missing.key",
         "$DIR/tollgate.toml:20:17: listeners[2].certificates[0].server_names[0]: invalid host pattern `bad host` (expected a host name, optionally starting with \"*.\")",
-        "$DIR/tollgate.toml:27:12: services[0].targets[0]: target needs a port: `127.0.0.1` (expected host:port)",
-        "$DIR/tollgate.toml:27:25: services[0].targets[1]: IPv6 targets need brackets: `[::1]:80`",
-        "$DIR/tollgate.toml:27:35: services[0].targets[2]: invalid port in target `host:0`",
+        "$DIR/tollgate.toml:27:12: services[0].targets[0]: invalid target \"127.0.0.1\": expected host:port (or [ipv6]:port)",
+        "$DIR/tollgate.toml:27:25: services[0].targets[1]: invalid target \"::1:80\": an IPv6 address needs brackets: [ipv6]:port",
+        "$DIR/tollgate.toml:27:35: services[0].targets[2]: invalid target \"host:0\": the port must be 1 to 65535",
         "$DIR/tollgate.toml:28:14: services[0].tls_verify: only valid for protocol = \"https\"",
         "$DIR/tollgate.toml:29:19: services[0].connect_timeout: a duration needs a unit: write \"5s\" or \"5ms\"",
         "$DIR/tollgate.toml:31:1: services[1].targets: required field is missing",

@@ -73,34 +73,9 @@ pub(super) fn is_hostname(name: &str) -> bool {
         })
 }
 
+/// A service target, by the contract's rule (the one `balancer.set-target` applies).
 pub(super) fn parse_target(s: &str) -> Result<Target, String> {
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (host, port) = rest
-            .split_once("]:")
-            .ok_or_else(|| format!("target needs a port: `{s}` (write [ipv6]:port)"))?;
-        if host.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(format!("invalid IPv6 address in target `{s}`"));
-        }
-        (host, port)
-    } else {
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("target needs a port: `{s}` (expected host:port)"))?;
-        if host.contains(':') {
-            return Err(format!("IPv6 targets need brackets: `[{host}]:{port}`"));
-        }
-        if !is_hostname(host) {
-            return Err(format!("invalid host in target `{s}`"));
-        }
-        (host, port)
-    };
-    match port.parse::<u16>() {
-        Ok(port) if port != 0 => Ok(Target {
-            host: host.to_owned(),
-            port,
-        }),
-        _ => Err(format!("invalid port in target `{s}`")),
-    }
+    Target::parse(s).map_err(|err| err.to_string())
 }
 
 pub(super) fn toml_to_json(value: toml::Value) -> Result<serde_json::Value, String> {

@@ -12,6 +12,7 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot};
+use tollgate_phases::Target;
 
 use super::Shared;
 use super::body::{PUMP_DEPTH, PumpedBody};
@@ -197,18 +198,16 @@ fn internal(target: &str, reason: &str) -> UpstreamError {
 impl RequestIo for GatewayIo<'_> {
     type UpstreamBody = Incoming;
 
-    fn targets(&self) -> Arc<[String]> {
+    fn targets(&self) -> Arc<[Target]> {
         self.service.map_or_else(
             || Arc::from([]),
             |service| service.upstream.targets().into(),
         )
     }
 
-    fn propose_target(&mut self) -> String {
-        self.service.map_or_else(String::new, |service| {
-            let upstream = &service.upstream;
-            upstream.targets()[upstream.next_target()].clone()
-        })
+    fn propose_target(&mut self) -> Option<Target> {
+        let upstream = &self.service?.upstream;
+        upstream.targets().get(upstream.next_target()).cloned()
     }
 
     fn attempts(&self) -> u32 {
@@ -216,11 +215,12 @@ impl RequestIo for GatewayIo<'_> {
             .map_or(1, |service| service.upstream.retries() + 1)
     }
 
-    async fn connect(&mut self, target: &str) -> Result<(), UpstreamError> {
+    async fn connect(&mut self, target: &Target) -> Result<(), UpstreamError> {
+        let target = target.to_string();
         let service = self
             .service
-            .ok_or_else(|| internal(target, "no upstream service"))?;
-        self.connection = Some(service.upstream.connect(target).await?);
+            .ok_or_else(|| internal(&target, "no upstream service"))?;
+        self.connection = Some(service.upstream.connect(&target).await?);
         Ok(())
     }
 

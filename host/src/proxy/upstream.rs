@@ -17,8 +17,8 @@
 //! #     -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
 //! let mut attempt = 0;
 //! let connection = loop {
-//!     let target = &upstream.targets()[upstream.next_target()];
-//!     match upstream.connect(target).await {
+//!     let target = upstream.targets()[upstream.next_target()].to_string();
+//!     match upstream.connect(&target).await {
 //!         Ok(connection) => break connection,
 //!         Err(err) if err.is_retryable() && attempt < upstream.retries() => attempt += 1,
 //!         Err(err) => return Err(err),
@@ -38,7 +38,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -59,6 +58,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tollgate_phases::Target;
 
 /// The boxed error type request bodies are converted to.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -186,17 +186,15 @@ struct Endpoint {
 }
 
 impl Endpoint {
+    /// Parses `target` by the contract's rule for targets.
     fn parse(target: &str) -> Option<Endpoint> {
-        let authority = Authority::from_str(target).ok()?;
-        authority.port_u16()?;
-        let host = authority.host();
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        let server_name = ServerName::try_from(host.to_owned()).ok()?;
+        Endpoint::new(&Target::parse(target).ok()?)
+    }
+
+    fn new(target: &Target) -> Option<Endpoint> {
+        let server_name = ServerName::try_from(target.host().to_owned()).ok()?;
         Some(Endpoint {
-            authority: authority.as_str().to_owned(),
+            authority: target.to_string(),
             server_name,
         })
     }
@@ -205,7 +203,7 @@ impl Endpoint {
 /// One service's upstream: targets, timeouts, TLS and the connection pool. Cheap to share
 /// behind an `Arc`; all methods take `&self`.
 pub struct Upstream {
-    targets: Vec<String>,
+    targets: Vec<Target>,
     endpoints: Vec<Endpoint>,
     tls: Option<TlsConnector>,
     connect_timeout: Duration,
@@ -233,14 +231,18 @@ impl Upstream {
         if settings.targets.is_empty() {
             return Err(UpstreamConfigError::NoTargets);
         }
-        let endpoints = settings
+        let invalid = |target: &String| UpstreamConfigError::InvalidTarget {
+            target: target.clone(),
+        };
+        let targets = settings
             .targets
             .iter()
-            .map(|target| {
-                Endpoint::parse(target).ok_or_else(|| UpstreamConfigError::InvalidTarget {
-                    target: target.clone(),
-                })
-            })
+            .map(|target| Target::parse(target).map_err(|_| invalid(target)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let endpoints = targets
+            .iter()
+            .zip(&settings.targets)
+            .map(|(target, text)| Endpoint::new(target).ok_or_else(|| invalid(text)))
             .collect::<Result<Vec<_>, _>>()?;
         let tls = if settings.https {
             Some(tls_connector(settings.tls_verify, &settings.extra_ca)?)
@@ -248,7 +250,7 @@ impl Upstream {
             None
         };
         Ok(Upstream {
-            targets: settings.targets,
+            targets,
             endpoints,
             tls,
             connect_timeout: settings.connect_timeout,
@@ -260,7 +262,7 @@ impl Upstream {
     }
 
     /// The configured targets, in configuration order.
-    pub fn targets(&self) -> &[String] {
+    pub fn targets(&self) -> &[Target] {
         &self.targets
     }
 

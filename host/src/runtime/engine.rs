@@ -40,14 +40,9 @@ pub const MAX_OUTPUT_PER_CALL: usize = 16 << 10;
 /// Longest log line kept from a plugin; the rest of a longer line is cut.
 pub const MAX_LOG_LINE: usize = 4096;
 
-/// Headers a plugin may leave in a request or response head, and their total size. Past
-/// either, `set-header` and `exit` answer `invalid-argument`.
-pub const MAX_HEADERS: usize = 256;
-/// See [`MAX_HEADERS`].
-pub const MAX_HEADER_BYTES: usize = 64 << 10;
-
-/// Largest body a plugin may answer with (`exit`) or put in place of a chunk (`set-body-chunk`).
-pub const MAX_PLUGIN_BODY: usize = 8 << 20;
+// The bounds on what a plugin hands the host (heads, bodies) are part of the contract, so the
+// SDK's mock applies them too.
+pub use tollgate_phases::{MAX_HEADER_BYTES, MAX_HEADERS, MAX_PLUGIN_BODY};
 
 /// Core instances in one component. A componentized wasm32-wasip1 module has a handful; a
 /// componentize-py component has a few dozen.

@@ -72,7 +72,9 @@ pub enum LoadError {
         expected: &'static str,
     },
     /// The plugin does not export the handler interface.
-    #[error("plugin {path}: missing export {missing} (does the plugin call export_plugin!?)")]
+    #[error(
+        "plugin {path}: missing export {missing} (is the plugin's impl marked #[tollgate_sdk::plugin]?)"
+    )]
     MissingExport {
         /// The plugin file.
         path: PathBuf,

@@ -1,24 +1,23 @@
-//! The host side of every WIT import. Each function first checks the phase table, then acts on
-//! the state lent to the store for this call.
+//! The host side of every WIT import. Each function first checks the phase table, then validates
+//! its arguments through the contract's rules ([`tollgate_phases`], shared with the SDK's mock
+//! and the harness), then acts on the state lent to the store for this call.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Mutex, OnceLock};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use tollgate_phases::{HostFunction, Phase};
+use tollgate_phases::{ClientVerify, HostFunction, InvalidArgument, Phase, Target};
 
 use super::bindings::{
     HostError, LogLevel, balancer, client_tls, connection, context, plugin_log, request, response,
     types,
 };
-use super::engine::{MAX_HEADER_BYTES, MAX_HEADERS, MAX_LOG_LINE, MAX_PLUGIN_BODY};
+use super::engine::MAX_LOG_LINE;
 use super::output::log_line;
 use super::store::{HostCall, PluginStore, Scope};
-use crate::exchange::{
-    Context, EarlyResponse, ExchangeState, HandshakeState, MAX_CONTEXT_ENTRIES, MAX_CONTEXT_VALUE,
-};
-use crate::tls::{self, ClientVerify, TrustAnchors};
+use crate::exchange::{Context, EarlyResponse, ExchangeState, HandshakeState};
+use crate::tls::{self, TrustAnchors};
 use rustls_pki_types::UnixTime;
 
 type HostResult<T> = Result<T, HostError>;
@@ -38,6 +37,12 @@ impl HostError {
 
 fn invalid(message: impl Into<String>) -> HostError {
     HostError::InvalidArgument(message.into())
+}
+
+impl From<InvalidArgument> for HostError {
+    fn from(err: InvalidArgument) -> Self {
+        HostError::InvalidArgument(err.to_string())
+    }
 }
 
 impl PluginStore {
@@ -126,16 +131,22 @@ fn shorten(text: &str) -> String {
     format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
+/// A header name by the contract's rule. `http` accepts every name the rule does; its own
+/// refusal is kept as a second line, with the contract's message.
 fn header_name(name: &str) -> HostResult<HeaderName> {
+    tollgate_phases::check_header_name(name)?;
     HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| invalid(format!("invalid header name: {name:?}")))
+        .map_err(|_| InvalidArgument::HeaderName(name.to_owned()).into())
 }
 
+/// A header value by the contract's rule (see [`header_name`]).
 fn header_value(value: &str) -> HostResult<HeaderValue> {
-    HeaderValue::from_str(value).map_err(|_| invalid(format!("invalid header value: {value:?}")))
+    tollgate_phases::check_header_value(value)?;
+    HeaderValue::from_str(value).map_err(|_| InvalidArgument::HeaderValue(value.to_owned()).into())
 }
 
-/// Refuses a `set-header` that would take a head past [`MAX_HEADERS`] or [`MAX_HEADER_BYTES`]:
+/// Refuses a `set-header` that would take a head past [`tollgate_phases::MAX_HEADERS`] or
+/// [`tollgate_phases::MAX_HEADER_BYTES`]:
 /// a guest must not make the host hold (or a peer receive) an unbounded head.
 fn check_room_for(headers: &HeaderMap, name: &HeaderName, value: &HeaderValue) -> HostResult<()> {
     let replaced = headers.get_all(name).iter().count();
@@ -146,21 +157,7 @@ fn check_room_for(headers: &HeaderMap, name: &HeaderName, value: &HeaderValue) -
         .sum();
     let count = headers.len() - replaced + 1;
     let bytes = head_bytes(headers) - replaced_bytes + name.as_str().len() + value.len();
-    check_head_size(count, bytes)
-}
-
-fn check_head_size(count: usize, bytes: usize) -> HostResult<()> {
-    if count > MAX_HEADERS {
-        return Err(invalid(format!(
-            "too many headers: a head may carry at most {MAX_HEADERS}"
-        )));
-    }
-    if bytes > MAX_HEADER_BYTES {
-        return Err(invalid(format!(
-            "headers too large: a head may carry at most {MAX_HEADER_BYTES} bytes of names and values"
-        )));
-    }
-    Ok(())
+    Ok(tollgate_phases::check_head_size(count, bytes)?)
 }
 
 fn head_bytes(headers: &HeaderMap) -> usize {
@@ -168,15 +165,6 @@ fn head_bytes(headers: &HeaderMap) -> usize {
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len())
         .sum()
-}
-
-fn check_body(len: usize) -> HostResult<()> {
-    if len > MAX_PLUGIN_BODY {
-        return Err(invalid(format!(
-            "body too large: {len} bytes, at most {MAX_PLUGIN_BODY}"
-        )));
-    }
-    Ok(())
 }
 
 fn header_list(headers: &HeaderMap) -> Vec<(String, String)> {
@@ -247,7 +235,7 @@ impl client_tls::Host for PluginStore {
             HostFunction::SetClientVerify,
             || args,
             |store| {
-                let verify = tls::parse_override(&value).map_err(|err| invalid(err.to_string()))?;
+                let verify = ClientVerify::parse(&value).map_err(InvalidArgument::from)?;
                 store.exchange()?.client_verify_override = Some(verify);
                 Ok(())
             },
@@ -423,17 +411,7 @@ impl response::Host for PluginStore {
             HostFunction::Exit,
             || args,
             |store| {
-                if !(100..=999).contains(&status) {
-                    return Err(invalid(format!("invalid status code: {status}")));
-                }
-                check_body(body.len())?;
-                check_head_size(
-                    headers.len(),
-                    headers
-                        .iter()
-                        .map(|(name, value)| name.len() + value.len())
-                        .sum(),
-                )?;
+                tollgate_phases::check_exit(status, &headers, body.len())?;
                 let mut map = HeaderMap::new();
                 for (name, value) in &headers {
                     map.append(header_name(name)?, header_value(value)?);
@@ -503,7 +481,7 @@ impl response::Host for PluginStore {
             HostFunction::SetBodyChunk,
             || args,
             |store| {
-                check_body(chunk.len())?;
+                tollgate_phases::check_body(chunk.len())?;
                 store.exchange()?.body_chunk = Some(chunk);
                 Ok(())
             },
@@ -522,7 +500,8 @@ fn response_head(store: &mut PluginStore) -> HostResult<&mut crate::exchange::Re
 impl balancer::Host for PluginStore {
     fn targets(&mut self) -> HostResult<Vec<String>> {
         self.guarded(HostFunction::BalancerTargets, String::new, |store| {
-            Ok(store.exchange()?.balancer.targets.to_vec())
+            let targets = &store.exchange()?.balancer.targets;
+            Ok(targets.iter().map(Target::to_string).collect())
         })
     }
 
@@ -532,14 +511,7 @@ impl balancer::Host for PluginStore {
             HostFunction::SetTarget,
             || args,
             |store| {
-                let valid = target
-                    .rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-                if !valid {
-                    return Err(invalid(format!(
-                        "invalid target {target:?}: expected host:port"
-                    )));
-                }
+                let target = Target::parse(&target).map_err(InvalidArgument::from)?;
                 store.exchange()?.balancer.target = Some(target);
                 Ok(())
             },
@@ -569,17 +541,13 @@ impl context::Host for PluginStore {
             HostFunction::ContextSet,
             || args,
             |store| {
-                if key.len() > MAX_CONTEXT_VALUE || value.len() > MAX_CONTEXT_VALUE {
-                    return Err(invalid(format!(
-                        "context entries are limited to {MAX_CONTEXT_VALUE} bytes"
-                    )));
-                }
                 let context = store.context()?;
-                if context.len() >= MAX_CONTEXT_ENTRIES && !context.contains_key(&key) {
-                    return Err(invalid(format!(
-                        "context is limited to {MAX_CONTEXT_ENTRIES} entries"
-                    )));
-                }
+                tollgate_phases::check_context_set(
+                    &key,
+                    &value,
+                    context.len(),
+                    context.contains_key(&key),
+                )?;
                 context.insert(key, value);
                 Ok(())
             },

@@ -100,10 +100,10 @@ pub fn check_request(expect: &RequestExpect, r: &RequestReport) -> Vec<Expectati
         out.push(check_verify(wanted, r.client_verify()));
     }
     if let Some(wanted) = &expect.target {
-        let got = r.upstream_request.as_ref().map(|u| u.target.as_str());
+        let got = r.upstream_request.as_ref().map(|u| &u.target);
         out.push(outcome(
             format!("target = \"{wanted}\""),
-            got == Some(wanted.as_str()),
+            got == Some(wanted),
             || got.map_or("no upstream request".to_owned(), |t| format!("\"{t}\"")),
         ));
     }
@@ -148,7 +148,7 @@ fn check_verify(wanted: &VerifyExpectation, got: Option<&str>) -> Expectation {
     match wanted {
         VerifyExpectation::Value(value) => outcome(
             format!("client_verify = \"{value}\""),
-            got == Some(value.as_str()),
+            got == Some(value.to_string().as_str()),
             || show(got),
         ),
         VerifyExpectation::Plaintext => outcome(

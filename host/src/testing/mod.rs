@@ -115,7 +115,7 @@ pub use self::scenario::{
     CallPattern, ConnectionExpect, ConnectionScenario, DEFAULT_CIPHER, DEFAULT_CLIENT_ADDRESS,
     DEFAULT_TARGET, DEFAULT_TLS_VERSION, DEFAULT_UPSTREAM_STATUS, HeaderExpectation,
     INLINE_SCENARIO, PluginSettings, RequestExpect, RequestScenario, Scenario, ScenarioError,
-    TlsScenario, UpstreamScenario, VerifyExpectation,
+    TlsScenario, UpstreamScenario, VerifyExpectation, default_target,
 };
 
 use crate::runtime::Runtime;

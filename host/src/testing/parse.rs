@@ -11,13 +11,14 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_spanned::Spanned;
+use tollgate_phases::{ClientVerify, Target};
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::scenario::{
     CallPattern, ConnectionExpect, ConnectionScenario, DEFAULT_CIPHER, DEFAULT_CLIENT_ADDRESS,
-    DEFAULT_TARGET, DEFAULT_TLS_VERSION, DEFAULT_UPSTREAM_STATUS, HeaderExpectation,
-    PluginSettings, RequestExpect, RequestScenario, Scenario, ScenarioError, TlsScenario,
-    UpstreamScenario, VerifyExpectation,
+    DEFAULT_TLS_VERSION, DEFAULT_UPSTREAM_STATUS, HeaderExpectation, PluginSettings, RequestExpect,
+    RequestScenario, Scenario, ScenarioError, TlsScenario, UpstreamScenario, VerifyExpectation,
+    default_target,
 };
 use crate::config::{
     MAX_TIME_LIMIT, MIN_MEMORY_LIMIT, MIN_TIME_LIMIT, Segment, line_column, locate, parse_duration,
@@ -103,7 +104,7 @@ struct RawRequestExpect {
     upstream_headers: Option<BTreeMap<String, Spanned<StrOrBool>>>,
     body: Option<String>,
     client_verify: Field<StrOrBool>,
-    target: Option<String>,
+    target: Field<String>,
     calls: Option<Vec<Spanned<String>>>,
     no_plugin_errors: Option<bool>,
     plugin_error: Option<String>,
@@ -571,35 +572,21 @@ impl Checker<'_> {
             Some(list) => {
                 let mut targets = Vec::new();
                 for (i, target) in list.get_ref().iter().enumerate() {
-                    let valid = target
-                        .get_ref()
-                        .rsplit_once(':')
-                        .is_some_and(|(host, port)| {
-                            !host.is_empty() && port.parse::<u16>().is_ok()
-                        });
-                    if !valid {
-                        return Err(self.error_at(
-                            target,
-                            &format!("{at}.targets[{i}]"),
-                            format!("expected `host:port`, found \"{}\"", target.get_ref()),
-                        ));
-                    }
-                    targets.push(target.get_ref().clone());
+                    let parsed = Target::parse(target.get_ref())
+                        .map_err(|e| self.error_at(target, &format!("{at}.targets[{i}]"), e))?;
+                    targets.push(parsed);
                 }
                 targets
             }
-            None => vec![DEFAULT_TARGET.to_owned()],
+            None => vec![default_target()],
         };
         let upstream = match raw.upstream {
             Some(up) => {
                 let status = match &up.status {
-                    Some(s) if (100..=999).contains(s.get_ref()) => *s.get_ref(),
                     Some(s) => {
-                        return Err(self.error_at(
-                            s,
-                            &format!("{at}.upstream.status"),
-                            "expected a status between 100 and 999",
-                        ));
+                        tollgate_phases::check_status(*s.get_ref())
+                            .map_err(|e| self.error_at(s, &format!("{at}.upstream.status"), e))?;
+                        *s.get_ref()
                     }
                     None => DEFAULT_UPSTREAM_STATUS,
                 };
@@ -632,16 +619,9 @@ impl Checker<'_> {
         };
         let mut out = Vec::new();
         for (name, value) in &raw.get_ref().0 {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(self.error_at(&raw, field, format!("invalid header name \"{name}\"")));
-            }
-            if http::HeaderValue::from_str(value).is_err() {
-                return Err(self.error_at(
-                    &raw,
-                    field,
-                    format!("invalid value for header \"{name}\": {value:?}"),
-                ));
-            }
+            tollgate_phases::check_header_name(name)
+                .and_then(|()| tollgate_phases::check_header_value(value))
+                .map_err(|e| self.error_at(&raw, field, e))?;
             out.push((name.to_ascii_lowercase(), value.clone()));
         }
         Ok(out)
@@ -664,9 +644,9 @@ impl Checker<'_> {
         };
         match raw.get_ref() {
             StrOrBool::Str(value) => {
-                tollgate_phases::check_client_verify_value(value)
-                    .map_err(|e| self.error_at(&raw, field, e))?;
-                Ok(Some(VerifyExpectation::Value(value.clone())))
+                let value =
+                    ClientVerify::parse(value).map_err(|e| self.error_at(&raw, field, e))?;
+                Ok(Some(VerifyExpectation::Value(value)))
             }
             StrOrBool::Bool(false) => Ok(Some(VerifyExpectation::Plaintext)),
             StrOrBool::Bool(true) => Err(self.error_at(
@@ -684,9 +664,8 @@ impl Checker<'_> {
     ) -> Checked<BTreeMap<String, HeaderExpectation>> {
         let mut out = BTreeMap::new();
         for (name, value) in raw.unwrap_or_default() {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(self.error_at(&value, &format!("{at}.{name}"), "invalid header name"));
-            }
+            tollgate_phases::check_header_name(&name)
+                .map_err(|e| self.error_at(&value, &format!("{at}.{name}"), e))?;
             let expectation = match value.into_inner() {
                 StrOrBool::Str(v) => HeaderExpectation::Value(v),
                 StrOrBool::Bool(true) => HeaderExpectation::Present,
@@ -718,7 +697,13 @@ impl Checker<'_> {
                 .header_expectations(raw.upstream_headers, &format!("{at}.upstream_headers"))?,
             body: raw.body,
             client_verify: self.verify(raw.client_verify, &format!("{at}.client_verify"))?,
-            target: raw.target,
+            target: raw
+                .target
+                .map(|target| {
+                    Target::parse(target.get_ref())
+                        .map_err(|e| self.error_at(&target, &format!("{at}.target"), e))
+                })
+                .transpose()?,
             calls: self.calls(raw.calls, at)?,
             no_plugin_errors: raw.no_plugin_errors.unwrap_or(false),
             plugin_error: raw.plugin_error,

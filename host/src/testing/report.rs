@@ -5,7 +5,7 @@ use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use tollgate_phases::{Phase, PhaseSet};
+use tollgate_phases::{Phase, PhaseSet, Target};
 
 use crate::log::TlsLog;
 use crate::pipeline::TraceEntry;
@@ -158,7 +158,7 @@ impl RequestReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamRequest {
     /// `host:port` chosen for the first attempt.
-    pub target: String,
+    pub target: Target,
     /// Method.
     pub method: String,
     /// Path and query.

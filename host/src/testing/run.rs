@@ -5,13 +5,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
+use tollgate_phases::Target;
 
 use super::expect::{check_connection, check_request, not_run};
 use super::report::{
     ClientResponse, ConnectionReport, NegotiatedTls, Origin, PluginSummary, RequestReport,
     ScenarioReport, UpstreamRequest,
 };
-use super::scenario::{ConnectionScenario, RequestScenario, Scenario, ScenarioError};
+use super::scenario::{
+    ConnectionScenario, RequestScenario, Scenario, ScenarioError, default_target,
+};
 use crate::exchange::{ConnectionFacts, ExchangeState, RequestHead, ResponseHead, TlsSession};
 use crate::lifecycle::{self, BodyPiece, BoxError, LogDraft, RequestIo, UpstreamResponse};
 use crate::log::{LogEntry, RequestLog, TlsLog};
@@ -203,7 +206,7 @@ async fn run_connection(
 /// what the client would get is collected instead of sent.
 struct ScenarioIo<'a> {
     request: &'a RequestScenario,
-    target: Option<String>,
+    target: Option<Target>,
     upstream_request: Option<UpstreamRequest>,
     response: Option<ClientResponse>,
     log_tls: Option<TlsLog>,
@@ -212,20 +215,26 @@ struct ScenarioIo<'a> {
 impl RequestIo for ScenarioIo<'_> {
     type UpstreamBody = std::vec::IntoIter<Vec<u8>>;
 
-    fn targets(&self) -> Arc<[String]> {
+    fn targets(&self) -> Arc<[Target]> {
         self.request.targets.iter().cloned().collect()
     }
 
-    fn propose_target(&mut self) -> String {
-        self.request.targets.first().cloned().unwrap_or_default()
+    fn propose_target(&mut self) -> Option<Target> {
+        Some(
+            self.request
+                .targets
+                .first()
+                .cloned()
+                .unwrap_or_else(default_target),
+        )
     }
 
     fn attempts(&self) -> u32 {
         1
     }
 
-    async fn connect(&mut self, target: &str) -> Result<(), UpstreamError> {
-        self.target = Some(target.to_owned());
+    async fn connect(&mut self, target: &Target) -> Result<(), UpstreamError> {
+        self.target = Some(target.clone());
         Ok(())
     }
 
@@ -238,7 +247,7 @@ impl RequestIo for ScenarioIo<'_> {
             None => head.path.clone(),
         };
         self.upstream_request = Some(UpstreamRequest {
-            target: self.target.clone().unwrap_or_default(),
+            target: self.target.clone().unwrap_or_else(default_target),
             method: head.method.clone(),
             uri: uri.clone(),
             headers: header_pairs(&head.headers),

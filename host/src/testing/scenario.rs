@@ -2,12 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroU16;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
-use tollgate_phases::Phase;
+use tollgate_phases::{ClientVerify, Phase, Target};
 
 use crate::runtime::{DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_LIMIT, PluginSpec};
 use crate::tls::TrustAnchors;
@@ -20,6 +21,15 @@ pub const DEFAULT_TLS_VERSION: &str = "TLSv1.3";
 pub const DEFAULT_CIPHER: &str = "TLS_AES_256_GCM_SHA384";
 /// The service's targets when a request does not give any.
 pub const DEFAULT_TARGET: &str = "127.0.0.1:8080";
+
+/// [`DEFAULT_TARGET`] as a target.
+pub fn default_target() -> Target {
+    const PORT: NonZeroU16 = match NonZeroU16::new(8080) {
+        Some(port) => port,
+        None => panic!("8080 is not 0"),
+    };
+    Target::from_ip(Ipv4Addr::LOCALHOST.into(), PORT)
+}
 /// The simulated upstream's status when a request does not give one.
 pub const DEFAULT_UPSTREAM_STATUS: u16 = 200;
 /// Name shown for a scenario parsed from a string without a file.
@@ -120,8 +130,8 @@ pub struct RequestScenario {
     pub query: Option<String>,
     /// Request headers in order, names lower case.
     pub headers: Vec<(String, String)>,
-    /// The service's targets, `host:port`, in order; the first is proposed to the balancer.
-    pub targets: Vec<String>,
+    /// The service's targets, in order; the first is proposed to the balancer.
+    pub targets: Vec<Target>,
     /// What the upstream answers.
     pub upstream: UpstreamScenario,
     /// What must hold for the request.
@@ -174,7 +184,7 @@ pub enum HeaderExpectation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VerifyExpectation {
     /// Exactly this value (`SUCCESS`, `NONE`, `FAILED:<reason>`).
-    Value(String),
+    Value(ClientVerify),
     /// The connection is plaintext: no `request.tls` (`false` in the file).
     Plaintext,
 }
@@ -290,7 +300,7 @@ pub struct RequestExpect {
     /// The log entry's `request.tls.client_verify`.
     pub client_verify: Option<VerifyExpectation>,
     /// The upstream target chosen for the first attempt.
-    pub target: Option<String>,
+    pub target: Option<Target>,
     /// Host calls that must appear in the request's phases.
     pub calls: Vec<CallPattern>,
     /// No plugin failed in any request phase.

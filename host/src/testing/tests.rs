@@ -37,7 +37,8 @@ fn minimal_scenario_gets_the_defaults() {
     assert!(tls.client_chain.is_none() && tls.client_ca.is_none());
     let request = &connection.requests[0];
     assert_eq!(request.method, "GET");
-    assert_eq!(request.targets, [DEFAULT_TARGET]);
+    assert_eq!(request.targets, [default_target()]);
+    assert_eq!(default_target().to_string(), DEFAULT_TARGET);
     assert_eq!(request.upstream, UpstreamScenario::default());
     assert_eq!(request.expect, RequestExpect::default());
 }
@@ -268,11 +269,11 @@ fn invalid_values_name_the_field_and_line() {
         ),
         (
             "[[requests]]\npath = \"/\"\nheaders = { \"bad name\" = \"x\" }\n",
-            "3:11: requests[0].headers: invalid header name \"bad name\"",
+            "3:11: requests[0].headers: invalid header name: \"bad name\"",
         ),
         (
             "[[requests]]\npath = \"/\"\ntargets = [\"a:1\", \"nope\"]\n",
-            "3:19: requests[0].targets[1]: expected `host:port`",
+            "3:19: requests[0].targets[1]: invalid target \"nope\": expected host:port",
         ),
         (
             "[[requests]]\npath = \"/\"\nexpect = { calls = [\"acces: f\"] }\n",
@@ -397,7 +398,7 @@ fn synthetic_report() -> ScenarioReport {
         ],
         plugin_errors: vec![failure(Phase::Log, "log sink down")],
         upstream_request: Some(UpstreamRequest {
-            target: "127.0.0.1:8080".into(),
+            target: default_target(),
             method: "GET".into(),
             uri: "/hello?x=1".into(),
             headers: vec![
@@ -484,8 +485,8 @@ fn request_expectations_pass_and_fail_with_what_was_found() {
             (text("authorization"), HeaderExpectation::Present),
         ]),
         body: Some(text("hello world")),
-        client_verify: Some(VerifyExpectation::Value(text("SUCCESS"))),
-        target: Some(text("127.0.0.1:8080")),
+        client_verify: Some(VerifyExpectation::Value(ClientVerify::Success)),
+        target: Some(default_target()),
         calls: vec![
             CallPattern::parse("access: get_full_client_certificate_chain -> ok: Some").unwrap(),
         ],
@@ -542,7 +543,7 @@ fn upstream_expectations_fail_when_the_upstream_was_not_contacted() {
     request.upstream_request = None;
     let expect = RequestExpect {
         upstream_headers: BTreeMap::from([("x".to_owned(), HeaderExpectation::Absent)]),
-        target: Some("127.0.0.1:8080".into()),
+        target: Some(default_target()),
         ..RequestExpect::default()
     };
     let outcomes = check_request(&expect, request);
@@ -561,7 +562,7 @@ fn connection_expectations_check_the_policy_and_verify() {
             "CN=Demo Root CA, O=Tollgate".into(),
         ]),
         client_chain: Some(true),
-        client_verify: Some(VerifyExpectation::Value("SUCCESS".into())),
+        client_verify: Some(VerifyExpectation::Value(ClientVerify::Success)),
         calls: vec![CallPattern::parse("request_client_certificate -> ok").unwrap()],
         no_plugin_errors: true,
         plugin_error: None,

@@ -35,9 +35,7 @@ pub use listener::{ListenerTls, ServerCertificate, TlsError};
 pub use names::{cipher_name, protocol_name};
 pub use pem::{PemError, encode_chain, parse_certificates, parse_private_key};
 pub use policy::TlsPolicy;
-pub use verify::{
-    ClientVerify, InvalidClientVerify, TrustAnchors, parse_override, verify_client_chain,
-};
+pub use verify::{ClientVerify, InvalidClientVerify, TrustAnchors, verify_client_chain};
 
 /// The one crypto provider (ring) used by every config, verifier and signature check here.
 ///

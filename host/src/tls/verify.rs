@@ -1,5 +1,4 @@
-//! The client certificate check behind `request.tls.client_verify`, its trust anchors, and the
-//! value rule of `set_client_verify`.
+//! The client certificate check behind `request.tls.client_verify` and its trust anchors.
 //!
 //! The check runs after the handshake (chain problems never fail it) and reports the first problem
 //! in OpenSSL's order and wording: can the chain be built to an anchor, then what webpki finds
@@ -29,39 +28,9 @@ const INVALID_CA: &str = "invalid CA certificate";
 const REVOKED: &str = "certificate revoked";
 const VERIFY_FAILED: &str = "certificate verify failed";
 
-/// The value of `request.tls.client_verify`, as nginx's `$ssl_client_verify` spells it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum ClientVerify {
-    /// No client certificate: none was requested, or the client sent none.
-    None,
-    /// The chain builds to a trust anchor, within its dates, usable for client authentication.
-    Success,
-    /// Verification failed for this reason (OpenSSL's wording; may be empty after an override).
-    Failed(String),
-}
-
-impl fmt::Display for ClientVerify {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::None => f.write_str("NONE"),
-            Self::Success => f.write_str("SUCCESS"),
-            Self::Failed(reason) => write!(f, "FAILED:{reason}"),
-        }
-    }
-}
-
-pub use tollgate_phases::InvalidClientVerify;
-
-/// Parses a `set_client_verify` value by the contract's rule (shared with the SDK's mock):
-/// exactly `SUCCESS`, exactly `NONE`, or anything starting with `FAILED:`.
-pub fn parse_override(value: &str) -> Result<ClientVerify, InvalidClientVerify> {
-    tollgate_phases::check_client_verify_value(value)?;
-    Ok(match value {
-        "SUCCESS" => ClientVerify::Success,
-        "NONE" => ClientVerify::None,
-        failed => ClientVerify::Failed(failed.strip_prefix("FAILED:").unwrap_or(failed).to_owned()),
-    })
-}
+/// The value of `request.tls.client_verify`: the contract's type, whose rule `set_client_verify`
+/// and the harness share.
+pub use tollgate_phases::{ClientVerify, InvalidClientVerify};
 
 /// CA certificates that client chains are verified against, in the order given (which is also
 /// the order their names are sent in a CertificateRequest).
@@ -296,28 +265,6 @@ mod tests {
         assert_eq!(ClientVerify::Success.to_string(), "SUCCESS");
         assert_eq!(failed("x y").to_string(), "FAILED:x y");
         assert_eq!(failed("").to_string(), "FAILED:");
-    }
-
-    #[test]
-    fn set_client_verify_accepts_exact_values_and_failed_prefix() {
-        assert_eq!(parse_override("SUCCESS"), Ok(ClientVerify::Success));
-        assert_eq!(parse_override("NONE"), Ok(ClientVerify::None));
-        assert_eq!(parse_override("FAILED:"), Ok(failed("")));
-        assert_eq!(parse_override("FAILED:x"), Ok(failed("x")));
-        assert_eq!(parse_override("FAILED:a:b "), Ok(failed("a:b ")));
-    }
-
-    #[test]
-    fn set_client_verify_rejects_other_values_with_exact_message() {
-        for value in ["success", "FAILED", " SUCCESS", "NONE ", "", "failed:x"] {
-            let err = parse_override(value).unwrap_err();
-            assert_eq!(
-                err.to_string(),
-                format!(
-                    "unknown client verify value: {value} accepted values are: \"SUCCESS\", \"NONE\" or \"FAILED:<reason>\""
-                )
-            );
-        }
     }
 
     #[test]

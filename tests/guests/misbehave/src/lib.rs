@@ -47,16 +47,8 @@ pub struct Misbehave {
     when_header: Option<String>,
 }
 
+#[tollgate_sdk::plugin]
 impl Plugin for Misbehave {
-    const PHASES: &'static [Phase] = &[
-        Phase::Rewrite,
-        Phase::Access,
-        Phase::Balancer,
-        Phase::HeaderFilter,
-        Phase::BodyFilter,
-        Phase::Log,
-    ];
-
     fn configure(config: &str) -> Result<Self, String> {
         let config: Config = serde_json::from_str(config)
             .map_err(|err| format!("invalid misbehave config: {err}"))?;
@@ -70,27 +62,27 @@ impl Plugin for Misbehave {
         })
     }
 
-    fn rewrite(&self) -> PhaseResult {
+    fn rewrite(&mut self) -> PhaseResult {
         self.maybe_misbehave(Phase::Rewrite)
     }
 
-    fn access(&self) -> PhaseResult {
+    fn access(&mut self) -> PhaseResult {
         self.maybe_misbehave(Phase::Access)
     }
 
-    fn balancer(&self) -> PhaseResult {
+    fn balancer(&mut self) -> PhaseResult {
         self.maybe_misbehave(Phase::Balancer)
     }
 
-    fn header_filter(&self) -> PhaseResult {
+    fn header_filter(&mut self) -> PhaseResult {
         self.maybe_misbehave(Phase::HeaderFilter)
     }
 
-    fn body_filter(&self, _chunk: &[u8], _end_of_stream: bool) -> PhaseResult {
+    fn body_filter(&mut self, _chunk: &[u8], _end_of_stream: bool) -> PhaseResult {
         self.maybe_misbehave(Phase::BodyFilter)
     }
 
-    fn log(&self) -> PhaseResult {
+    fn log(&mut self) -> PhaseResult {
         self.maybe_misbehave(Phase::Log)
     }
 }
@@ -157,5 +149,3 @@ fn grow() -> ! {
         std::hint::black_box(&hoard);
     }
 }
-
-tollgate_sdk::export_plugin!(Misbehave);

@@ -1,7 +1,7 @@
 //! Test guest: a plugin whose host calls come from its configuration, so one guest serves many
 //! tests.
 //!
-//! It declares all seven phases and, in each, runs the steps listed for that phase, in order:
+//! It implements (and so declares) all seven phases and, in each, runs the steps listed for that phase, in order:
 //!
 //! ```json
 //! {
@@ -151,9 +151,8 @@ pub struct Scripted {
     actions: HashMap<Phase, Vec<Step>>,
 }
 
+#[tollgate_sdk::plugin]
 impl Plugin for Scripted {
-    const PHASES: &'static [Phase] = &Phase::ALL;
-
     fn configure(config: &str) -> Result<Self, String> {
         let config: Config = serde_json::from_str(config)
             .map_err(|err| format!("invalid scripted config: {err}"))?;
@@ -166,31 +165,31 @@ impl Plugin for Scripted {
         Ok(Scripted { actions })
     }
 
-    fn certificate(&self) -> PhaseResult {
+    fn certificate(&mut self) -> PhaseResult {
         self.run(Phase::Certificate, &[])
     }
 
-    fn rewrite(&self) -> PhaseResult {
+    fn rewrite(&mut self) -> PhaseResult {
         self.run(Phase::Rewrite, &[])
     }
 
-    fn access(&self) -> PhaseResult {
+    fn access(&mut self) -> PhaseResult {
         self.run(Phase::Access, &[])
     }
 
-    fn balancer(&self) -> PhaseResult {
+    fn balancer(&mut self) -> PhaseResult {
         self.run(Phase::Balancer, &[])
     }
 
-    fn header_filter(&self) -> PhaseResult {
+    fn header_filter(&mut self) -> PhaseResult {
         self.run(Phase::HeaderFilter, &[])
     }
 
-    fn body_filter(&self, chunk: &[u8], _end_of_stream: bool) -> PhaseResult {
+    fn body_filter(&mut self, chunk: &[u8], _end_of_stream: bool) -> PhaseResult {
         self.run(Phase::BodyFilter, chunk)
     }
 
-    fn log(&self) -> PhaseResult {
+    fn log(&mut self) -> PhaseResult {
         self.run(Phase::Log, &[])
     }
 }
@@ -291,13 +290,10 @@ fn perform(action: &Action, chunk: &[u8]) -> Result<Result<(), Error>, PhaseErro
             Ok(())
         }),
         Action::Log { message, level } => {
-            let level = match level.as_deref() {
-                Some("trace") => log::Level::Trace,
-                Some("debug") => log::Level::Debug,
-                Some("warn") => log::Level::Warn,
-                Some("error") => log::Level::Error,
-                _ => log::Level::Info,
-            };
+            let level = level
+                .as_deref()
+                .and_then(log::Level::from_name)
+                .unwrap_or(log::Level::Info);
             log::log(level, message);
             Ok(())
         }
@@ -336,8 +332,6 @@ fn percent_encode(text: &str) -> String {
     }
     out
 }
-
-tollgate_sdk::export_plugin!(Scripted);
 
 #[cfg(test)]
 mod tests {
