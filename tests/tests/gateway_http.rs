@@ -31,8 +31,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tollgate_tests::binary::{Reaper, Tollgate, strip_ansi, tollgate_binary};
 use tollgate_tests::gateway::TestGateway;
+use tollgate_tests::binary::{Reaper, Tollgate, strip_ansi, tollgate_binary};
 use tollgate_tests::{guests, workspace_dir};
 
 // ---------------------------------------------------------------------------------------------
