@@ -12,14 +12,13 @@ pub mod demo;
 mod request;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-use std::path::Path;
 
 use crate::config::{Config, ConfigProblem, ListenerConfig, Origins, Protocol};
 use crate::log::AccessLog;
