@@ -466,15 +466,12 @@ async fn misbehaviour_is_contained(mode: &str) -> PluginFault {
         "{message}"
     );
     // The same request's next phase gets a fresh instance, which works.
+    let proposed = tollgate::config::Target::parse("10.0.0.1:80").unwrap();
     let target = first
-        .balancer(
-            vec!["10.0.0.1:80".to_string()].into(),
-            "10.0.0.1:80".into(),
-            1,
-        )
+        .balancer(vec![proposed.clone()].into(), proposed.clone(), 1)
         .await
         .unwrap();
-    assert_eq!(target, "10.0.0.1:80");
+    assert_eq!(target, proposed);
 
     // The next request on the same plugin works.
     let mut next = exchange(
