@@ -96,6 +96,7 @@ async fn check(path: &Path) -> anyhow::Result<bool> {
 }
 
 async fn serve(gateway: Gateway) -> anyhow::Result<bool> {
+    gateway.raise_open_file_limit();
     for (name, addr) in gateway.local_addrs() {
         tracing::info!(listener = %name, %addr, "listening");
     }

@@ -1,13 +1,16 @@
-//! One request through the gateway: route, rewrite, access, balancer and upstream (retrying the
-//! next target on connect failures), header_filter, body_filter while streaming, then log after
-//! the response is finished, on the pump task, never delaying the client.
+//! One request through the gateway: checks of what the client sent (header count, `Host`, the
+//! path, which is normalized, the declared body size, the certificate-phase policy of its host),
+//! route, rewrite, access, balancer and upstream (retrying the next target on connect failures),
+//! header_filter, body_filter while streaming, then log after the response is finished, on the
+//! pump task, never delaying the client.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -15,17 +18,19 @@ use tokio::sync::mpsc;
 use tollgate_phases::Phase;
 
 use super::Shared;
-use super::body::{BoxError, PUMP_DEPTH, PumpedBody};
+use super::body::{BoxError, PUMP_DEPTH, PumpedBody, RequestBody, RequestBodyError};
+use crate::config::ClientLimits;
 use crate::exchange::{ConnectionFacts, Context, ExchangeState, RequestHead, ResponseHead};
 use crate::log::{
     Latencies, LogEntry, NamedRef, PluginErrorLog, RequestLog, ResponseLog, ServiceLog, TlsLog,
     Try, headers_to_map, parse_querystring, request_url, unix_millis,
 };
 use crate::pipeline::{Decision, Exchange, Recording, plugin_failure_response};
-use crate::proxy::forwarding::{add_forwarded, set_forwarded_port, strip_hop_by_hop, upstream_uri};
+use crate::proxy::forwarding::{ForwardedFacts, add_forwarded, strip_hop_by_hop, upstream_uri};
+use crate::proxy::path;
 use crate::proxy::router::strip_port;
 use crate::proxy::upstream::UpstreamError;
-use crate::runtime::PluginError;
+use crate::runtime::{Plugin, PluginError};
 
 /// What a connection contributes to each of its requests.
 #[derive(Debug)]
@@ -36,11 +41,19 @@ pub struct ConnectionScope {
     pub context: Context,
     /// The port the client connected to.
     pub local_port: u16,
+    /// The plugins that ran in the certificate phase for the connection's SNI (TLS only).
+    pub certificate_plugins: Vec<Arc<Plugin>>,
+    /// The listener's deadlines and caps.
+    pub limits: Arc<ClientLimits>,
 }
+
+/// The client's request body, bounded by the listener's limits.
+type ClientBody = RequestBody<Incoming>;
 
 /// Where the response body comes from.
 enum Source {
-    Upstream(Incoming),
+    /// The upstream's body, and the longest pause allowed between two of its frames.
+    Upstream(Incoming, Duration),
     Whole(Bytes),
 }
 
@@ -80,6 +93,16 @@ fn plugin_failure(err: &PluginError) -> (ResponseHead, Bytes) {
 }
 
 fn upstream_failure(err: &UpstreamError) -> (ResponseHead, Bytes) {
+    // The client's body failing on its way up is the client's fault, not the upstream's.
+    match RequestBodyError::find(err) {
+        Some(RequestBodyError::TooLarge { .. }) => {
+            return kong_error(StatusCode::PAYLOAD_TOO_LARGE, "Request size limit exceeded");
+        }
+        Some(RequestBodyError::Stalled(_)) => {
+            return kong_error(StatusCode::REQUEST_TIMEOUT, "Request timeout");
+        }
+        None => {}
+    }
     tracing::warn!(%err, "upstream failed");
     let status = err.status();
     let message = if status == StatusCode::GATEWAY_TIMEOUT {
@@ -114,7 +137,6 @@ pub async fn handle(
         })
         .map(|host| host.to_ascii_lowercase());
     let method = parts.method.as_str().to_owned();
-    let path = parts.uri.path().to_owned();
     let query = parts.uri.query().map(str::to_owned);
     let received_uri = parts
         .uri
@@ -147,6 +169,26 @@ pub async fn handle(
         proxy_ms: -1,
     };
 
+    let path = match check(&shared, &connection, &parts, &body, host.as_deref()) {
+        Ok(path) => path,
+        Err((status, message)) => {
+            let (head, bytes) = kong_error(status, message);
+            return respond(&shared, None, head, Source::Whole(bytes), draft, facts);
+        }
+    };
+    // Upstream and plugins get the normalized path, with the query as the client sent it.
+    let forwarded = match &query {
+        Some(query) => format!("{path}?{query}"),
+        None => path.clone(),
+    };
+    match PathAndQuery::from_maybe_shared(forwarded) {
+        Ok(forwarded) => parts.uri = Uri::from(forwarded),
+        Err(_) => {
+            let (head, bytes) = kong_error(StatusCode::BAD_REQUEST, "Bad request");
+            return respond(&shared, None, head, Source::Whole(bytes), draft, facts);
+        }
+    }
+
     let Some(route) = shared.router.route(host.as_deref(), &path, &method) else {
         let (head, bytes) = kong_error(StatusCode::NOT_FOUND, "no Route matched with those values");
         return respond(&shared, None, head, Source::Whole(bytes), draft, facts);
@@ -156,6 +198,9 @@ pub async fn handle(
         name: route.name.clone(),
     });
 
+    let trusted = shared
+        .client_headers
+        .sanitize(&mut parts.headers, facts.client_addr.ip());
     strip_hop_by_hop(&mut parts.headers);
     let head = RequestHead {
         method,
@@ -172,7 +217,10 @@ pub async fn handle(
         host: host.as_deref(),
         local_port: connection.local_port,
         client: facts.client_addr,
+        trusted,
     };
+    let limits = &connection.limits;
+    let body = RequestBody::new(body, limits.max_body_size, limits.body_timeout);
     match forward(&mut exchange, forwarding, parts, body, &mut draft).await {
         Outcome::Failed(head, bytes) => respond(
             &shared,
@@ -185,12 +233,12 @@ pub async fn handle(
         Outcome::Answered(head, bytes) => {
             filtered(&shared, exchange, head, Source::Whole(bytes), draft, facts).await
         }
-        Outcome::Proxied(head, body) => {
+        Outcome::Proxied(head, body, idle) => {
             filtered(
                 &shared,
                 exchange,
                 head,
-                Source::Upstream(body),
+                Source::Upstream(body, idle),
                 draft,
                 facts,
             )
@@ -199,14 +247,73 @@ pub async fn handle(
     }
 }
 
+/// What the gateway refuses before routing: too many header fields (431: hyper counts them for
+/// HTTP/1.1, this for HTTP/2), a second `Host`, an HTTP/2 `Host` that contradicts `:authority`,
+/// a path that cannot be normalized (all 400), a declared body over `max_body_size` (413), and
+/// on TLS a host whose certificate-phase policy is not the one the connection's SNI got (421:
+/// the client must open a connection for that name). Returns the normalized path.
+fn check(
+    shared: &Shared,
+    connection: &ConnectionScope,
+    parts: &http::request::Parts,
+    body: &Incoming,
+    host: Option<&str>,
+) -> Result<String, (StatusCode, &'static str)> {
+    const BAD_REQUEST: (StatusCode, &str) = (StatusCode::BAD_REQUEST, "Bad request");
+    let limits = &connection.limits;
+    if parts.headers.len() > limits.max_headers {
+        return Err((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "Request header fields too large",
+        ));
+    }
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(BAD_REQUEST);
+    }
+    if parts.version == Version::HTTP_2
+        && let (Some(authority), Some(host_header)) = (parts.uri.authority(), host_header)
+        && !host_header
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+    {
+        return Err(BAD_REQUEST);
+    }
+    let path = match path::normalize(parts.uri.path()) {
+        Ok(path) => path,
+        Err(err) => {
+            tracing::debug!(path = parts.uri.path(), %err, "refusing the request path");
+            return Err(BAD_REQUEST);
+        }
+    };
+    if limits.max_body_size > 0 && body.size_hint().lower() > limits.max_body_size {
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, "Request size limit exceeded"));
+    }
+    if connection.facts.tls.is_some() {
+        let sni = connection.facts.sni.as_deref();
+        let name = |name: Option<&str>| name.map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+        if name(host) != name(sni) {
+            let wanted = shared.chains.for_sni(&shared.router, host);
+            let got = &connection.certificate_plugins;
+            let same_policy =
+                wanted.len() == got.len() && wanted.iter().zip(got).all(|(a, b)| Arc::ptr_eq(a, b));
+            if !same_policy {
+                return Err((StatusCode::MISDIRECTED_REQUEST, "Misdirected request"));
+            }
+        }
+    }
+    Ok(path)
+}
+
 /// How a request left the request phases.
 enum Outcome {
     /// The gateway answers with an error; no filters run on it.
     Failed(ResponseHead, Bytes),
     /// A plugin answered in rewrite or access.
     Answered(ResponseHead, Bytes),
-    /// The upstream answered.
-    Proxied(ResponseHead, Incoming),
+    /// The upstream answered; its body may pause this long between frames.
+    Proxied(ResponseHead, Incoming, Duration),
 }
 
 /// Where and how a routed request is forwarded.
@@ -216,6 +323,8 @@ struct Forwarding<'a> {
     host: Option<&'a str>,
     local_port: u16,
     client: std::net::SocketAddr,
+    /// Whether the client's identity headers are believed.
+    trusted: bool,
 }
 
 /// rewrite and access, then balancer and the upstream, retrying the next target while no
@@ -224,7 +333,7 @@ async fn forward(
     exchange: &mut Exchange,
     to: Forwarding<'_>,
     parts: http::request::Parts,
-    body: Incoming,
+    body: ClientBody,
     draft: &mut Draft,
 ) -> Outcome {
     match exchange.request_phases().await {
@@ -241,8 +350,13 @@ async fn forward(
 
     // Upstream request headers: what plugins left, plus the forwarding headers.
     let mut headers = exchange.state().request.headers.clone();
-    add_forwarded(&mut headers, to.client.ip(), to.scheme, to.host);
-    set_forwarded_port(&mut headers, to.local_port);
+    let facts = ForwardedFacts {
+        client_ip: to.client.ip(),
+        proto: to.scheme,
+        host: to.host,
+        port: to.local_port,
+    };
+    add_forwarded(&mut headers, &facts, to.trusted);
     // Like Kong's default (preserve_host off): Host names the upstream target.
     headers.remove(HOST);
 
@@ -308,7 +422,7 @@ async fn forward(
                 headers: response.headers,
             };
             strip_hop_by_hop(&mut head.headers);
-            Outcome::Proxied(head, body)
+            Outcome::Proxied(head, body, upstream.body_timeout())
         }
         Err(err) => failed(upstream_failure(&err)),
     }
@@ -451,9 +565,21 @@ async fn pump(
         Source::Whole(bytes) => {
             forward(bytes, true, &mut sent).await;
         }
-        Source::Upstream(mut body) => {
+        Source::Upstream(mut body, idle) => {
             let mut ended = false;
-            while let Some(frame) = body.frame().await {
+            loop {
+                let frame = match tokio::time::timeout(idle, body.frame()).await {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(_) => {
+                        tracing::warn!(
+                            ?idle,
+                            "upstream body paused longer than body_timeout; aborting the response"
+                        );
+                        let _ = frames.send(Err("upstream body timed out".into())).await;
+                        return sent;
+                    }
+                };
                 let frame = match frame {
                     Ok(frame) => frame,
                     Err(err) => {
