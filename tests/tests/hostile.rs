@@ -223,7 +223,7 @@ impl NormalClient {
                     round += 1;
                     let ok = tokio::time::timeout(Duration::from_secs(5), async {
                         let mut fresh = None;
-                        let stream = if round % 2 == 0 {
+                        let stream = if round.is_multiple_of(2) {
                             fresh.insert(TcpStream::connect(addr).await.ok()?)
                         } else {
                             match kept.as_mut() {
