@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde_spanned::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
+pub use crate::proxy::forwarding::IpRange;
 use crate::runtime::{self, RuntimeLimits};
 
 /// Listener TLS handshake deadline when `handshake_timeout` is not set.
@@ -57,6 +58,47 @@ pub const MAX_TIME_LIMIT: Duration = Duration::from_secs(60);
 pub const MIN_MEMORY_BUDGET: u64 = 16 << 20;
 /// Largest accepted `runtime.memory_budget`.
 pub const MAX_MEMORY_BUDGET: u64 = 1 << 40;
+/// Deadline for a request head: a new connection's first one, and any later one from its first
+/// byte (nginx `client_header_timeout`).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle time allowed between requests, HTTP/1.1 keep-alive and HTTP/2 alike (nginx
+/// `keepalive_timeout`).
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Longest pause while reading a request body (nginx `client_body_timeout`), or an upstream's
+/// response body.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest stall while sending to a client (nginx `send_timeout`).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest request head (request line and headers) when `max_header_size` is not set (nginx's
+/// `large_client_header_buffers 4 8k`).
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 32 << 10;
+/// Smallest accepted `max_header_size` (hyper's smallest HTTP/1.1 read buffer).
+pub const MIN_MAX_HEADER_SIZE: u64 = 8 << 10;
+/// Largest accepted `max_header_size`.
+pub const MAX_MAX_HEADER_SIZE: u64 = 1 << 20;
+/// Most request header fields when `max_headers` is not set.
+pub const DEFAULT_MAX_HEADERS: u64 = 100;
+/// Largest accepted `max_headers`.
+pub const MAX_MAX_HEADERS: u64 = 10_000;
+/// Largest request body when `max_body_size` is not set (nginx `client_max_body_size`).
+pub const DEFAULT_MAX_BODY_SIZE: u64 = 1 << 20;
+/// Most open connections per listener when `max_connections` is not set.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 4096;
+/// Largest accepted `max_connections`.
+pub const MAX_MAX_CONNECTIONS: u64 = 1_000_000;
+/// Most concurrent HTTP/2 streams per connection (nginx `http2_max_concurrent_streams`).
+pub const DEFAULT_HTTP2_MAX_STREAMS: u64 = 128;
+/// Streams a client may reset before their response is complete, per connection and
+/// [`crate::gateway::RESET_WINDOW`], before it gets GOAWAY.
+pub const DEFAULT_HTTP2_MAX_RESETS: u64 = 100;
+/// Interval of HTTP/2 keep-alive pings on a connection that sent nothing meanwhile.
+pub const DEFAULT_HTTP2_PING_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a ping may go unanswered before the HTTP/2 connection is closed.
+pub const DEFAULT_HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Headers removed from every client request when `strip_client_headers` is not set: the ones
+/// TLS-terminating proxies use to pass a client certificate on, which only Tollgate's plugins
+/// may set.
+pub const DEFAULT_STRIP_CLIENT_HEADERS: [&str; 2] = ["x-client-cert*", "x-ssl-*"];
 
 /// Bounds the retry loop that collects several key/type mistakes from one table.
 const MAX_SCHEMA_PROBLEMS_PER_TABLE: usize = 32;
@@ -64,6 +106,12 @@ const MAX_SCHEMA_PROBLEMS_PER_TABLE: usize = 32;
 /// The whole gateway configuration, resolved and checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// Peers whose `X-Forwarded-*`, `Forwarded` and `X-Real-IP` headers are forwarded; every
+    /// other client's are replaced (Kong's `trusted_ips`). Empty by default.
+    pub trusted_ips: Vec<IpRange>,
+    /// Lower-case header names removed from every client request before plugins run; a trailing
+    /// `*` matches any suffix.
+    pub strip_client_headers: Vec<String>,
     /// Where access log lines go.
     pub access_log: AccessLogTarget,
     /// At least one listener, in file order.
@@ -96,8 +144,10 @@ pub struct ListenerConfig {
     pub name: String,
     /// Address to bind.
     pub address: SocketAddr,
-    /// Deadline for the TLS handshake (and for a plaintext client's first request head).
+    /// Deadline for the TLS handshake, certificate phase included.
     pub handshake_timeout: Duration,
+    /// Deadlines and caps on the listener's clients.
+    pub limits: ClientLimits,
     /// PEM trust anchors for `client_verify`, absolute path.
     pub client_ca: Option<PathBuf>,
     /// Server certificates; empty means a plaintext listener.
@@ -117,6 +167,59 @@ impl ListenerConfig {
             .iter()
             .find(|c| c.server_names.is_empty())
             .or_else(|| self.certificates.first())
+    }
+}
+
+/// How long a listener waits for its clients and how much it takes from them. The defaults
+/// follow nginx (see the `DEFAULT_*` constants).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// A new connection's first request head, and any later head from its first byte.
+    pub header_timeout: Duration,
+    /// Idle time between requests (HTTP/1.1 keep-alive, HTTP/2 without open streams).
+    pub keepalive_timeout: Duration,
+    /// Longest pause between two reads of a request body (then 408).
+    pub body_timeout: Duration,
+    /// Longest stall of a write to the client (then the connection is closed).
+    pub send_timeout: Duration,
+    /// Largest request head in bytes (then 431): request line and headers in HTTP/1.1, the
+    /// decoded header list in HTTP/2.
+    pub max_header_size: usize,
+    /// Most header fields in a request (then 431).
+    pub max_headers: usize,
+    /// Largest request body in bytes, declared or streamed (then 413); 0: no limit.
+    pub max_body_size: u64,
+    /// Most open connections; one more is closed at once.
+    pub max_connections: usize,
+    /// Most concurrent streams per HTTP/2 connection.
+    pub http2_max_streams: u32,
+    /// Streams an HTTP/2 client may reset before their response completes, per
+    /// [`crate::gateway::RESET_WINDOW`]; one more and the connection gets GOAWAY.
+    pub http2_max_resets: u32,
+    /// Keep-alive ping interval on HTTP/2 connections.
+    pub http2_ping_interval: Duration,
+    /// How long an HTTP/2 ping may go unanswered before the connection is closed.
+    pub http2_ping_timeout: Duration,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        let int = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        ClientLimits {
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
+            max_header_size: int(DEFAULT_MAX_HEADER_SIZE),
+            max_headers: int(DEFAULT_MAX_HEADERS),
+            max_body_size: DEFAULT_MAX_BODY_SIZE,
+            max_connections: int(DEFAULT_MAX_CONNECTIONS),
+            http2_max_streams: small(DEFAULT_HTTP2_MAX_STREAMS),
+            http2_max_resets: small(DEFAULT_HTTP2_MAX_RESETS),
+            http2_ping_interval: DEFAULT_HTTP2_PING_INTERVAL,
+            http2_ping_timeout: DEFAULT_HTTP2_PING_TIMEOUT,
+        }
     }
 }
 
@@ -171,8 +274,10 @@ pub struct ServiceConfig {
     pub protocol: Protocol,
     /// Deadline to connect to one target.
     pub connect_timeout: Duration,
-    /// Deadline between reads from the upstream.
+    /// Deadline from handing the request over to the response head.
     pub read_timeout: Duration,
+    /// Longest pause between two reads of the response body (then the response is cut off).
+    pub body_timeout: Duration,
     /// Extra attempts after a connect failure.
     pub retries: u32,
     /// Whether to verify the upstream certificate (https only; true for http services).
@@ -365,6 +470,18 @@ struct RawListener {
     name: Field<String>,
     address: Field<String>,
     handshake_timeout: Field<toml::Value>,
+    header_timeout: Field<toml::Value>,
+    keepalive_timeout: Field<toml::Value>,
+    body_timeout: Field<toml::Value>,
+    send_timeout: Field<toml::Value>,
+    max_header_size: Field<toml::Value>,
+    max_headers: Field<i64>,
+    max_body_size: Field<toml::Value>,
+    max_connections: Field<i64>,
+    http2_max_streams: Field<i64>,
+    http2_max_resets: Field<i64>,
+    http2_ping_interval: Field<toml::Value>,
+    http2_ping_timeout: Field<toml::Value>,
     client_ca: Field<String>,
     certificates: Option<Vec<Spanned<RawCertificate>>>,
 }
@@ -385,6 +502,7 @@ struct RawService {
     protocol: Field<Protocol>,
     connect_timeout: Field<toml::Value>,
     read_timeout: Field<toml::Value>,
+    body_timeout: Field<toml::Value>,
     retries: Field<i64>,
     tls_verify: Field<bool>,
     ca: Field<String>,
@@ -423,6 +541,8 @@ struct Element<T> {
 
 #[derive(Default)]
 struct RawConfig {
+    trusted_ips: Option<Vec<Spanned<String>>>,
+    strip_client_headers: Option<Vec<Spanned<String>>>,
     access_log: Option<(RawAccessLog, Range<usize>)>,
     runtime: Option<RawRuntime>,
     listeners: Option<(Vec<Element<RawListener>>, Range<usize>)>,
@@ -431,7 +551,8 @@ struct RawConfig {
     plugins: Vec<Element<RawPlugin>>,
 }
 
-const SECTIONS: &str = "`access_log`, `runtime`, `listeners`, `services`, `routes`, `plugins`";
+const SECTIONS: &str = "`trusted_ips`, `strip_client_headers`, `access_log`, `runtime`, \
+                        `listeners`, `services`, `routes`, `plugins`";
 
 /// Collects problems while turning the text into a [`Config`].
 struct Checker<'t> {
@@ -510,6 +631,11 @@ impl Checker<'_> {
                 "listeners" => {
                     raw.listeners = Some((self.read_array(value, "listeners"), span));
                 }
+                "trusted_ips" => raw.trusted_ips = self.deserialize_lenient(value, "trusted_ips"),
+                "strip_client_headers" => {
+                    raw.strip_client_headers =
+                        self.deserialize_lenient(value, "strip_client_headers");
+                }
                 "services" => raw.services = self.read_array(value, "services"),
                 "routes" => raw.routes = self.read_array(value, "routes"),
                 "plugins" => raw.plugins = self.read_array(value, "plugins"),
@@ -585,12 +711,16 @@ impl Checker<'_> {
             Some((log, _)) => self.access_log(log),
             None => AccessLogTarget::Stdout,
         };
+        let trusted_ips = self.trusted_ips(raw.trusted_ips.as_deref());
+        let strip_client_headers = self.header_patterns(raw.strip_client_headers.as_deref());
         let listeners = self.listeners(raw.listeners);
         let services = self.services(&raw.services);
         let routes = self.routes(&raw.routes, &services);
         let plugins = self.plugins(&raw.plugins, &routes, &services);
         let runtime = self.runtime(raw.runtime.as_ref());
         Some(Config {
+            trusted_ips,
+            strip_client_headers,
             access_log,
             listeners,
             services,
@@ -690,6 +820,7 @@ impl Checker<'_> {
                 DEFAULT_HANDSHAKE_TIMEOUT,
                 (MIN_TIMEOUT, MAX_TIMEOUT),
             );
+            let limits = self.client_limits(raw, &at);
             let client_ca = raw
                 .client_ca
                 .as_ref()
@@ -709,6 +840,7 @@ impl Checker<'_> {
                     name,
                     address,
                     handshake_timeout,
+                    limits,
                     client_ca,
                     certificates,
                 });
@@ -841,6 +973,12 @@ impl Checker<'_> {
                 DEFAULT_READ_TIMEOUT,
                 (MIN_TIMEOUT, MAX_TIMEOUT),
             );
+            let body_timeout = self.duration(
+                &raw.body_timeout,
+                &format!("{at}.body_timeout"),
+                DEFAULT_BODY_TIMEOUT,
+                (MIN_TIMEOUT, MAX_TIMEOUT),
+            );
             let default_retries = u32::try_from(targets.len().saturating_sub(1))
                 .unwrap_or(MAX_DEFAULT_RETRIES)
                 .min(MAX_DEFAULT_RETRIES);
@@ -862,6 +1000,7 @@ impl Checker<'_> {
                     protocol,
                     connect_timeout,
                     read_timeout,
+                    body_timeout,
                     retries,
                     tls_verify: raw.tls_verify.as_ref().is_none_or(|v| *v.get_ref()),
                     ca,
@@ -1110,18 +1249,18 @@ impl Checker<'_> {
             value,
             field,
             DEFAULT_MEMORY_LIMIT,
-            MIN_MEMORY_LIMIT..=MAX_MEMORY_LIMIT,
+            (MIN_MEMORY_LIMIT, MAX_MEMORY_LIMIT),
         );
         usize::try_from(bytes).unwrap_or(usize::MAX)
     }
 
-    /// A size (`"64MiB"` or a number of bytes) within `range`, else `default` and a problem.
+    /// A size in bytes: `"64MiB"` or a plain number.
     fn size(
         &mut self,
         value: &Field<toml::Value>,
         field: &str,
         default: u64,
-        range: std::ops::RangeInclusive<u64>,
+        (min, max): (u64, u64),
     ) -> u64 {
         let Some(value) = value else {
             return default;
@@ -1137,12 +1276,12 @@ impl Checker<'_> {
             )),
         };
         match parsed {
-            Ok(bytes) if range.contains(&bytes) => bytes,
+            Ok(bytes) if (min..=max).contains(&bytes) => bytes,
             Ok(_) => {
                 let message = format!(
                     "must be between {} and {}",
-                    format_size(*range.start()),
-                    format_size(*range.end())
+                    format_size(min),
+                    format_size(max)
                 );
                 self.problem(value.span().start, field, message);
                 default
@@ -1159,28 +1298,181 @@ impl Checker<'_> {
         let Some(raw) = raw else {
             return defaults;
         };
-        let max_instances = match &raw.max_instances {
-            Some(value) => match u32::try_from(*value.get_ref()) {
-                Ok(n) if (1..=runtime::engine::MAX_INSTANCES).contains(&n) => n,
-                _ => {
-                    let message =
-                        format!("must be between 1 and {}", runtime::engine::MAX_INSTANCES);
-                    self.problem(value.span().start, "runtime.max_instances", message);
-                    defaults.max_instances
-                }
-            },
-            None => defaults.max_instances,
-        };
+        let max_instances = self.count(
+            &raw.max_instances,
+            "runtime.max_instances",
+            u64::from(defaults.max_instances),
+            (1, u64::from(runtime::engine::MAX_INSTANCES)),
+        );
         let memory_budget = self.size(
             &raw.memory_budget,
             "runtime.memory_budget",
             defaults.memory_budget as u64,
-            MIN_MEMORY_BUDGET..=MAX_MEMORY_BUDGET,
+            (MIN_MEMORY_BUDGET, MAX_MEMORY_BUDGET),
         );
         RuntimeLimits {
-            max_instances,
+            max_instances: u32::try_from(max_instances).unwrap_or(u32::MAX),
             memory_budget: usize::try_from(memory_budget).unwrap_or(usize::MAX),
         }
+    }
+
+    /// A whole number within `min..=max`.
+    fn count(
+        &mut self,
+        value: &Field<i64>,
+        field: &str,
+        default: u64,
+        (min, max): (u64, u64),
+    ) -> u64 {
+        let Some(value) = value else {
+            return default;
+        };
+        match u64::try_from(*value.get_ref()) {
+            Ok(n) if (min..=max).contains(&n) => n,
+            _ => {
+                let message = format!("must be between {min} and {max}");
+                self.problem(value.span().start, field, message);
+                default
+            }
+        }
+    }
+
+    fn client_limits(&mut self, raw: &RawListener, at: &str) -> ClientLimits {
+        let timeout = |cx: &mut Self, value: &Field<toml::Value>, key: &str, default| {
+            cx.duration(
+                value,
+                &format!("{at}.{key}"),
+                default,
+                (MIN_TIMEOUT, MAX_TIMEOUT),
+            )
+        };
+        let header_timeout = timeout(
+            self,
+            &raw.header_timeout,
+            "header_timeout",
+            DEFAULT_HEADER_TIMEOUT,
+        );
+        let keepalive_timeout = timeout(
+            self,
+            &raw.keepalive_timeout,
+            "keepalive_timeout",
+            DEFAULT_KEEPALIVE_TIMEOUT,
+        );
+        let body_timeout = timeout(
+            self,
+            &raw.body_timeout,
+            "body_timeout",
+            DEFAULT_BODY_TIMEOUT,
+        );
+        let send_timeout = timeout(
+            self,
+            &raw.send_timeout,
+            "send_timeout",
+            DEFAULT_SEND_TIMEOUT,
+        );
+        let http2_ping_interval = timeout(
+            self,
+            &raw.http2_ping_interval,
+            "http2_ping_interval",
+            DEFAULT_HTTP2_PING_INTERVAL,
+        );
+        let http2_ping_timeout = timeout(
+            self,
+            &raw.http2_ping_timeout,
+            "http2_ping_timeout",
+            DEFAULT_HTTP2_PING_TIMEOUT,
+        );
+        let max_header_size = self.size(
+            &raw.max_header_size,
+            &format!("{at}.max_header_size"),
+            DEFAULT_MAX_HEADER_SIZE,
+            (MIN_MAX_HEADER_SIZE, MAX_MAX_HEADER_SIZE),
+        );
+        let max_body_size = self.size(
+            &raw.max_body_size,
+            &format!("{at}.max_body_size"),
+            DEFAULT_MAX_BODY_SIZE,
+            (0, u64::MAX),
+        );
+        let max_headers = self.count(
+            &raw.max_headers,
+            &format!("{at}.max_headers"),
+            DEFAULT_MAX_HEADERS,
+            (1, MAX_MAX_HEADERS),
+        );
+        let max_connections = self.count(
+            &raw.max_connections,
+            &format!("{at}.max_connections"),
+            DEFAULT_MAX_CONNECTIONS,
+            (1, MAX_MAX_CONNECTIONS),
+        );
+        let http2_max_streams = self.count(
+            &raw.http2_max_streams,
+            &format!("{at}.http2_max_streams"),
+            DEFAULT_HTTP2_MAX_STREAMS,
+            (1, u64::from(u32::MAX)),
+        );
+        let http2_max_resets = self.count(
+            &raw.http2_max_resets,
+            &format!("{at}.http2_max_resets"),
+            DEFAULT_HTTP2_MAX_RESETS,
+            (1, u64::from(u32::MAX)),
+        );
+        let int = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        ClientLimits {
+            header_timeout,
+            keepalive_timeout,
+            body_timeout,
+            send_timeout,
+            max_header_size: int(max_header_size),
+            max_headers: int(max_headers),
+            max_body_size,
+            max_connections: int(max_connections),
+            http2_max_streams: small(http2_max_streams),
+            http2_max_resets: small(http2_max_resets),
+            http2_ping_interval,
+            http2_ping_timeout,
+        }
+    }
+
+    fn trusted_ips(&mut self, raw: Option<&[Spanned<String>]>) -> Vec<IpRange> {
+        let mut out = Vec::new();
+        for (i, value) in raw.unwrap_or_default().iter().enumerate() {
+            match value.get_ref().parse::<IpRange>() {
+                Ok(range) => out.push(range),
+                Err(message) => {
+                    self.problem(value.span().start, format!("trusted_ips[{i}]"), message);
+                }
+            }
+        }
+        out
+    }
+
+    /// Header names, each optionally ending in `*`; lower-cased. Absent: the default list.
+    fn header_patterns(&mut self, raw: Option<&[Spanned<String>]>) -> Vec<String> {
+        let Some(raw) = raw else {
+            return DEFAULT_STRIP_CLIENT_HEADERS.map(str::to_owned).to_vec();
+        };
+        let mut out = Vec::new();
+        for (i, value) in raw.iter().enumerate() {
+            let pattern = value.get_ref().to_ascii_lowercase();
+            let name = pattern.strip_suffix('*').unwrap_or(&pattern);
+            if !name.is_empty() && name.bytes().all(is_tchar) {
+                out.push(pattern);
+            } else {
+                let message = format!(
+                    "invalid header pattern `{}` (expected a header name, optionally ending in \"*\")",
+                    value.get_ref()
+                );
+                self.problem(
+                    value.span().start,
+                    format!("strip_client_headers[{i}]"),
+                    message,
+                );
+            }
+        }
+        out
     }
 
     /// Checks an SNI or Host pattern (`name` or `*.suffix`) and returns it lower-cased.

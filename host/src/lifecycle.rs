@@ -125,6 +125,35 @@ pub trait RequestIo: Send {
     fn log(&mut self, entry: LogEntry);
 }
 
+/// Why a client's request body was cut off.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    /// The body grew past the listener's `max_body_size` (the client gets 413).
+    #[error("the request body is larger than max_body_size ({limit} bytes)")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// The client sent nothing of the body for the listener's `body_timeout` (408).
+    #[error("the client sent no request body data for {0:?} (body_timeout)")]
+    Stalled(std::time::Duration),
+}
+
+impl RequestBodyError {
+    /// The `RequestBodyError` somewhere in `err`'s chain of sources, if any: how an upstream
+    /// exchange that failed because of the client's body says so.
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a RequestBodyError> {
+        let mut cause = Some(err);
+        while let Some(err) = cause {
+            if let Some(found) = err.downcast_ref::<RequestBodyError>() {
+                return Some(found);
+            }
+            cause = err.source();
+        }
+        None
+    }
+}
+
 /// What the access log entry needs that is known before the lifecycle starts.
 #[derive(Debug)]
 pub struct LogDraft {
@@ -237,9 +266,19 @@ pub async fn run_request<Io: RequestIo>(
     Finished { trace, failures }
 }
 
-/// Answers a request no route matched: a 404 in Kong's words, logged without plugins.
-pub async fn run_unrouted<Io: RequestIo>(io: &mut Io, draft: LogDraft) {
-    let (head, body) = kong_error(StatusCode::NOT_FOUND, "no Route matched with those values");
+/// The answer when no route matches.
+pub const NO_ROUTE: (StatusCode, &str) =
+    (StatusCode::NOT_FOUND, "no Route matched with those values");
+
+/// The gateway answers a request itself, before any plugin: no route matched, or what the
+/// client sent was refused (400, 413, 421, 431). Kong's JSON message; logged like any request.
+pub async fn answer<Io: RequestIo>(
+    io: &mut Io,
+    draft: LogDraft,
+    status: StatusCode,
+    message: &str,
+) {
+    let (head, body) = kong_error(status, message);
     io.respond(&head, &Origin::Gateway);
     let sent = pump(None, io, Source::Whole(body)).await;
     io.end_response();
@@ -407,6 +446,20 @@ fn plugin_failed<B>(err: &PluginError) -> Outcome<B> {
 }
 
 fn upstream_failed<B>(err: &UpstreamError) -> Outcome<B> {
+    // The client's body failing on its way up is the client's fault, not the upstream's.
+    let refusal = match RequestBodyError::find(err) {
+        Some(RequestBodyError::TooLarge { .. }) => {
+            Some((StatusCode::PAYLOAD_TOO_LARGE, "Request size limit exceeded"))
+        }
+        Some(RequestBodyError::Stalled(_)) => {
+            Some((StatusCode::REQUEST_TIMEOUT, "Request timeout"))
+        }
+        None => None,
+    };
+    if let Some((status, message)) = refusal {
+        let (head, bytes) = kong_error(status, message);
+        return Outcome::Failed(head, bytes, Origin::Gateway);
+    }
     tracing::warn!(%err, "upstream failed");
     let status = err.status();
     let message = if status == StatusCode::GATEWAY_TIMEOUT {

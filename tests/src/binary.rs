@@ -219,8 +219,8 @@ impl Tollgate {
 
     /// The resident set size of the process, in bytes (from `/proc`).
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("/proc status");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
         status
             .lines()
             .find_map(|line| line.strip_prefix("VmRSS:"))

@@ -29,6 +29,9 @@ target = "logs/access.log"
 name = "https"
 address = "127.0.0.1:8443"
 handshake_timeout = "250ms"
+header_timeout = "5s"
+max_body_size = 0
+max_connections = 10
 client_ca = "certs/ca.pem"
 [[listeners.certificates]]
 cert = "certs/api.pem"
@@ -51,6 +54,7 @@ name = "secure"
 targets = ["10.0.0.1:443"]
 protocol = "https"
 read_timeout = "2m"
+body_timeout = "5s"
 retries = 3
 tls_verify = false
 ca = "certs/upstream-ca.pem"
@@ -121,6 +125,12 @@ fn full_example_resolves_to_expected_structures() {
                 name: "https".into(),
                 address: "127.0.0.1:8443".parse().unwrap(),
                 handshake_timeout: Duration::from_millis(250),
+                limits: ClientLimits {
+                    header_timeout: Duration::from_secs(5),
+                    max_body_size: 0,
+                    max_connections: 10,
+                    ..ClientLimits::default()
+                },
                 client_ca: Some(d.join("certs/ca.pem")),
                 certificates: vec![
                     CertificateConfig {
@@ -139,6 +149,7 @@ fn full_example_resolves_to_expected_structures() {
                 name: "listener-1".into(),
                 address: "[::1]:8080".parse().unwrap(),
                 handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+                limits: ClientLimits::default(),
                 client_ca: None,
                 certificates: vec![],
             },
@@ -172,6 +183,7 @@ fn full_example_resolves_to_expected_structures() {
                 protocol: Protocol::Http,
                 connect_timeout: Duration::from_secs(2),
                 read_timeout: DEFAULT_READ_TIMEOUT,
+                body_timeout: DEFAULT_BODY_TIMEOUT,
                 retries: 2,
                 tls_verify: true,
                 ca: None,
@@ -182,6 +194,7 @@ fn full_example_resolves_to_expected_structures() {
                 protocol: Protocol::Https,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 read_timeout: Duration::from_secs(120),
+                body_timeout: Duration::from_secs(5),
                 retries: 3,
                 tls_verify: false,
                 ca: Some(d.join("certs/upstream-ca.pem")),
@@ -269,6 +282,115 @@ fn defaults_for_a_minimal_file() {
     let config = parse_in(dir.path(), &text).unwrap();
     assert_eq!(config.services[0].retries, MAX_DEFAULT_RETRIES);
     assert_eq!(config.services[0].connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+    assert_eq!(config.services[0].body_timeout, DEFAULT_BODY_TIMEOUT);
+}
+
+#[test]
+fn client_limits_default_to_nginxs() {
+    let dir = fixture();
+    let config = parse_in(dir.path(), MINIMAL_LISTENER).unwrap();
+    let limits = &config.listeners[0].limits;
+    assert_eq!(limits, &ClientLimits::default());
+    assert_eq!(limits.header_timeout, Duration::from_secs(60));
+    assert_eq!(limits.keepalive_timeout, Duration::from_secs(75));
+    assert_eq!(limits.body_timeout, Duration::from_secs(60));
+    assert_eq!(limits.send_timeout, Duration::from_secs(60));
+    assert_eq!(limits.max_header_size, 32 << 10);
+    assert_eq!(limits.max_headers, 100);
+    assert_eq!(limits.max_body_size, 1 << 20);
+    assert_eq!(limits.http2_max_streams, 128);
+    assert!(config.trusted_ips.is_empty());
+    assert_eq!(config.strip_client_headers, ["x-client-cert*", "x-ssl-*"]);
+}
+
+#[test]
+fn client_limits_are_read_and_checked() {
+    let dir = fixture();
+    let text = "[[listeners]]\naddress = \"127.0.0.1:1\"\nheader_timeout = \"2s\"\n\
+                keepalive_timeout = \"3s\"\nbody_timeout = \"4s\"\nsend_timeout = \"5s\"\n\
+                max_header_size = \"16KiB\"\nmax_headers = 50\nmax_body_size = \"8MiB\"\n\
+                max_connections = 7\nhttp2_max_streams = 9\nhttp2_max_resets = 11\n\
+                http2_ping_interval = \"6s\"\nhttp2_ping_timeout = \"1s\"\n";
+    let config = parse_in(dir.path(), text).unwrap();
+    assert_eq!(
+        config.listeners[0].limits,
+        ClientLimits {
+            header_timeout: Duration::from_secs(2),
+            keepalive_timeout: Duration::from_secs(3),
+            body_timeout: Duration::from_secs(4),
+            send_timeout: Duration::from_secs(5),
+            max_header_size: 16 << 10,
+            max_headers: 50,
+            max_body_size: 8 << 20,
+            max_connections: 7,
+            http2_max_streams: 9,
+            http2_max_resets: 11,
+            http2_ping_interval: Duration::from_secs(6),
+            http2_ping_timeout: Duration::from_secs(1),
+        }
+    );
+
+    let bad = "[[listeners]]\naddress = \"127.0.0.1:1\"\nheader_timeout = 5\n\
+               max_header_size = \"1KiB\"\nmax_headers = 0\nmax_connections = -1\n\
+               http2_max_resets = \"many\"\n";
+    assert_eq!(
+        rendered(dir.path(), bad),
+        vec![
+            "$DIR/tollgate.toml:3:18: listeners[0].header_timeout: a duration needs a unit: write \"5s\" or \"5ms\"",
+            "$DIR/tollgate.toml:4:19: listeners[0].max_header_size: must be between 8KiB and 1MiB",
+            "$DIR/tollgate.toml:5:15: listeners[0].max_headers: must be between 1 and 10000",
+            "$DIR/tollgate.toml:6:19: listeners[0].max_connections: must be between 1 and 1000000",
+            "$DIR/tollgate.toml:7:20: listeners[0].http2_max_resets: invalid type: string \"many\", expected i64",
+        ]
+    );
+}
+
+#[test]
+fn trusted_ips_and_stripped_headers_are_checked() {
+    let dir = fixture();
+    let text = format!(
+        "trusted_ips = [\"10.0.0.0/8\", \"::1\"]\nstrip_client_headers = [\"X-Secret\", \"x-auth-*\"]\n\
+         {MINIMAL_LISTENER}"
+    );
+    let config = parse_in(dir.path(), &text).unwrap();
+    let trusted: Vec<String> = config.trusted_ips.iter().map(ToString::to_string).collect();
+    assert_eq!(trusted, ["10.0.0.0/8", "::1/128"]);
+    assert_eq!(config.strip_client_headers, ["x-secret", "x-auth-*"]);
+
+    let empty = format!("strip_client_headers = []\n{MINIMAL_LISTENER}");
+    assert!(
+        parse_in(dir.path(), &empty)
+            .unwrap()
+            .strip_client_headers
+            .is_empty()
+    );
+
+    let bad = format!(
+        "trusted_ips = [\"10.0.0.0/33\", \"nope\"]\nstrip_client_headers = [\"*\", \"bad name\"]\n\
+         {MINIMAL_LISTENER}"
+    );
+    let lines = rendered(dir.path(), &bad);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(
+        lines[0].starts_with("$DIR/tollgate.toml:1:16: trusted_ips[0]: invalid IP address"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with("$DIR/tollgate.toml:1:31: trusted_ips[1]: invalid IP address"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].starts_with(
+            "$DIR/tollgate.toml:2:25: strip_client_headers[0]: invalid header pattern"
+        ),
+        "{lines:?}"
+    );
+    assert!(
+        lines[3].starts_with(
+            "$DIR/tollgate.toml:2:30: strip_client_headers[1]: invalid header pattern"
+        ),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -352,7 +474,8 @@ fn unknown_section_and_nested_unknown_key() {
     assert_eq!(
         lines[1],
         "$DIR/tollgate.toml:7:2: upstreams: unknown section `upstreams`, expected one of \
-             `access_log`, `runtime`, `listeners`, `services`, `routes`, `plugins`"
+             `trusted_ips`, `strip_client_headers`, `access_log`, `runtime`, `listeners`, `services`, \
+             `routes`, `plugins`"
     );
 }
 

@@ -1,35 +1,96 @@
-//! Accepting connections: the TLS handshake with its certificate phase (or plaintext), then
-//! HTTP/1.1 or HTTP/2 on the connection, each request through [`super::request::handle`].
+//! Accepting connections: the listener's connection cap, the TLS handshake with its certificate
+//! phase (or plaintext), then HTTP/1.1 or HTTP/2 on the connection under its [`Watchdog`], each
+//! request through [`super::request::handle`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::Shared;
+use super::body::PumpedBody;
 use super::request::{ConnectionScope, handle};
+use super::watchdog::{Expiry, GuardedIo, TrackedBody, Watchdog};
+use super::{BoundListener, Shared};
+use crate::config::ClientLimits;
 use crate::exchange::{ConnectionFacts, Context, TlsSession};
 use crate::pipeline::{self, Recording};
-use crate::runtime::PluginError;
+use crate::runtime::{Plugin, PluginError};
 use crate::tls::{self, ListenerTls};
 
-/// Accepts connections on `socket` until `shutdown`.
-pub(super) async fn accept_loop(
-    shared: Arc<Shared>,
+/// How long a connection the watchdog ends may take to close gracefully (HTTP/2 GOAWAY and the
+/// streams still open) before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The least time between two warnings that a listener is refusing connections.
+const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What every connection of one listener shares.
+struct ListenerScope {
     name: String,
     tls: Option<Arc<ListenerTls>>,
-    socket: TcpListener,
-    graceful: Arc<GracefulShutdown>,
+    limits: Arc<ClientLimits>,
+    http: auto::Builder<TokioExecutor>,
+    local_port: u16,
+}
+
+/// The HTTP/1.1 and HTTP/2 server settings of a listener.
+fn http_builder(limits: &ClientLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut http1 = builder.http1();
+    http1
+        .timer(TokioTimer::new())
+        // The watchdog keeps the head deadline: hyper's would also cut idle keep-alive
+        // connections at header_timeout.
+        .header_read_timeout(None)
+        // A request head that does not fit the read buffer is answered 431.
+        .max_buf_size(limits.max_header_size.max(8192));
+    if limits.max_headers != 100 {
+        // Set only when it differs from hyper's default: setting it moves the parsed headers
+        // from the stack to the heap.
+        http1.max_headers(limits.max_headers);
+    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(usize::try_from(limits.http2_max_resets).ok())
+        .keep_alive_interval(limits.http2_ping_interval)
+        .keep_alive_timeout(limits.http2_ping_timeout);
+    builder
+}
+
+/// Accepts connections on `listener` until `shutdown`, each served on a task of `connections`.
+pub(super) async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: BoundListener,
+    connections: TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let local_port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
+    let BoundListener {
+        name,
+        tls,
+        socket,
+        limits,
+    } = listener;
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let scope = Arc::new(ListenerScope {
+        name,
+        tls,
+        http: http_builder(&limits),
+        limits: Arc::new(limits),
+        local_port: socket.local_addr().map(|a| a.port()).unwrap_or(0),
+    });
+    let mut refused = 0u64;
+    let mut warned: Option<Instant> = None;
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -37,41 +98,71 @@ pub(super) async fn accept_loop(
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(listener = %name, %err, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tracing::warn!(listener = %scope.name, %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Over the cap: closed at once, so the connections being served keep their
+            // descriptors, buffers and tasks.
+            drop(tcp);
+            refused += 1;
+            if warned.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_INTERVAL) {
+                tracing::warn!(
+                    listener = %scope.name,
+                    max_connections = scope.limits.max_connections,
+                    refused,
+                    "connection cap reached: closing new connections"
+                );
+                warned = Some(Instant::now());
+            }
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
-        let tls = tls.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            match tls {
-                Some(tls) => serve_tls(shared, &tls, tcp, peer, local_port, watcher).await,
+        let scope = scope.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            match &scope.tls {
+                Some(tls) => serve_tls(shared, &scope, tls, tcp, peer, &shutdown).await,
                 None => {
                     let facts = ConnectionFacts {
                         client_addr: peer,
                         sni: None,
                         tls: None,
                     };
-                    serve_http(shared, tcp, facts, Context::new(), local_port, watcher).await;
+                    let connection = Connection {
+                        facts,
+                        context: Context::new(),
+                        certificate_plugins: Vec::new(),
+                    };
+                    serve_http(shared, &scope, tcp, connection, &shutdown).await;
                 }
             }
         });
     }
 }
 
+/// What a connection knows once its handshake (if any) is done.
+struct Connection {
+    facts: ConnectionFacts,
+    context: Context,
+    certificate_plugins: Vec<Arc<Plugin>>,
+}
+
 async fn serve_tls(
     shared: Arc<Shared>,
+    scope: &ListenerScope,
     listener: &ListenerTls,
     tcp: TcpStream,
     peer: SocketAddr,
-    local_port: u16,
-    watcher: Watcher,
+    shutdown: &CancellationToken,
 ) {
     let mut context = Context::new();
+    let mut certificate_plugins = Vec::new();
     let certificate_phase = async |hello: &tls::ClientHelloInfo| {
         let plugins = shared.chains.for_sni(&shared.router, hello.sni.as_deref());
         let outcome =
@@ -79,6 +170,7 @@ async fn serve_tls(
                 .await
                 .map_err(|(err, _)| err)?;
         context = outcome.context;
+        certificate_plugins = plugins;
         Ok::<_, PluginError>(outcome.policy)
     };
     let (stream, facts) = match tls::accept(listener, tcp, certificate_phase).await {
@@ -98,34 +190,92 @@ async fn serve_tls(
             client_verify: facts.client_verify,
         }),
     };
-    serve_http(shared, stream, facts, context, local_port, watcher).await;
+    let connection = Connection {
+        facts,
+        context,
+        certificate_plugins,
+    };
+    serve_http(shared, scope, stream, connection, shutdown).await;
 }
 
 async fn serve_http<I>(
     shared: Arc<Shared>,
+    listener: &ListenerScope,
     io: I,
-    facts: ConnectionFacts,
-    context: Context,
-    local_port: u16,
-    watcher: Watcher,
+    connection: Connection,
+    shutdown: &CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = connection.facts.client_addr;
+    let watchdog = Watchdog::new(&listener.limits);
     let scope = Arc::new(ConnectionScope {
-        facts: Arc::new(facts),
-        context,
-        local_port,
+        facts: Arc::new(connection.facts),
+        context: connection.context,
+        local_port: listener.local_port,
+        certificate_plugins: connection.certificate_plugins,
+        limits: listener.limits.clone(),
     });
-    let service = service_fn(move |request| {
-        let shared = shared.clone();
-        let scope = scope.clone();
-        async move { Ok::<_, Infallible>(handle(shared, scope, request).await) }
+    let service = service_fn({
+        let watchdog = watchdog.clone();
+        move |request: http::Request<hyper::body::Incoming>| {
+            let guard = watchdog.begin(request.version());
+            let shared = shared.clone();
+            let scope = scope.clone();
+            let watchdog = watchdog.clone();
+            async move {
+                if guard.is_http2() {
+                    // hyper polls a stream's service before it checks for a reset: yielding once
+                    // lets it drop a stream the client already reset before any plugin runs.
+                    tokio::task::yield_now().await;
+                    if watchdog.is_abusive() {
+                        // GOAWAY is on its way; streams still arriving get no work.
+                        let mut refused = http::Response::new(PumpedBody::empty());
+                        *refused.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                        return Ok(refused.map(|body| TrackedBody::new(body, guard)));
+                    }
+                }
+                let response = handle(shared, scope, request).await;
+                Ok::<_, Infallible>(response.map(|body| TrackedBody::new(body, guard)))
+            }
+        }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let connection = builder
-        .serve_connection(TokioIo::new(io), service)
-        .into_owned();
-    if let Err(err) = watcher.watch(connection).await {
-        tracing::debug!(%err, "connection ended with an error");
+    let io = GuardedIo::new(io, watchdog.clone(), listener.limits.send_timeout);
+    let connection = listener.http.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let expired = tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(err) = result {
+                tracing::debug!(%peer, %err, "connection ended with an error");
+            }
+            return;
+        }
+        () = shutdown.cancelled() => None,
+        why = watchdog.expired() => Some(why),
+    };
+    let Some(why) = expired else {
+        // Draining for shutdown: the gateway bounds the whole drain.
+        connection.as_mut().graceful_shutdown();
+        let _ = connection.await;
+        return;
+    };
+    let (listener, reason) = (&listener.name, why.describe());
+    match why {
+        // Nothing in flight and no request to finish: dropped, which closes the socket. (hyper's
+        // graceful shutdown would wait for a request head it has started to read.)
+        Expiry::NoRequest | Expiry::HeadIncomplete => {
+            tracing::debug!(%listener, %peer, "closing connection: {reason}");
+        }
+        // Idle: an HTTP/1.1 connection closes at once, an HTTP/2 one gets GOAWAY first.
+        Expiry::Idle => {
+            tracing::debug!(%listener, %peer, "closing connection: {reason}");
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
+        }
+        Expiry::TooManyResets => {
+            tracing::warn!(%listener, %peer, "closing connection: {reason}");
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
+        }
     }
 }

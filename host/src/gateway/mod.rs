@@ -10,6 +10,7 @@ mod chains;
 mod connection;
 pub mod demo;
 mod request;
+mod watchdog;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,8 +21,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ConfigProblem, ListenerConfig, Origins, Protocol};
+use crate::config::{ClientLimits, Config, ConfigProblem, ListenerConfig, Origins, Protocol};
 use crate::log::AccessLog;
+use crate::proxy::forwarding::ClientHeaderPolicy;
 use crate::proxy::router::{Route, Router};
 use crate::proxy::upstream::{Upstream, UpstreamSettings};
 use crate::runtime::{LoadError, PluginFault, PluginSpec, Runtime};
@@ -29,6 +31,7 @@ use crate::tls::{self, ListenerTls, ServerCertificate, TlsError, TrustAnchors};
 
 pub use capacity_report::{RouteCapacity, human_bytes};
 pub use chains::{Chain, Chains};
+pub use watchdog::RESET_WINDOW;
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -60,6 +63,8 @@ pub(crate) struct Shared {
     pub(crate) chains: Chains,
     pub(crate) services: Vec<Service>,
     pub(crate) access_log: AccessLog,
+    /// Which client-sent headers are believed.
+    pub(crate) client_headers: ClientHeaderPolicy,
     /// Response pumps and log phases still running; waited for at shutdown.
     pub(crate) tasks: TaskTracker,
 }
@@ -70,6 +75,7 @@ struct BoundListener {
     name: String,
     tls: Option<Arc<ListenerTls>>,
     socket: TcpListener,
+    limits: ClientLimits,
 }
 
 /// A built gateway, ready to serve.
@@ -256,6 +262,7 @@ impl Gateway {
                 https: service.protocol == Protocol::Https,
                 connect_timeout: service.connect_timeout,
                 read_timeout: service.read_timeout,
+                body_timeout: service.body_timeout,
                 retries: service.retries,
                 tls_verify: service.tls_verify,
                 extra_ca,
@@ -295,6 +302,10 @@ impl Gateway {
             services,
             listeners,
             access_log: config.access_log.clone(),
+            client_headers: ClientHeaderPolicy::new(
+                config.trusted_ips.clone(),
+                config.strip_client_headers.clone(),
+            ),
         })
     }
 
@@ -320,6 +331,7 @@ impl Gateway {
                     name: listener.name,
                     tls,
                     socket,
+                    limits: listener.limits,
                 }),
                 Err(err) => problems.add(
                     format!("listeners[{index}].address"),
@@ -338,6 +350,7 @@ impl Gateway {
                 chains: prepared.chains,
                 services: prepared.services,
                 access_log,
+                client_headers: prepared.client_headers,
                 tasks: TaskTracker::new(),
             }),
             listeners,
@@ -352,18 +365,48 @@ impl Gateway {
             .collect()
     }
 
+    /// Raises the process's open-file soft limit to its hard limit (each client connection
+    /// holds a descriptor, and one more upstream while its request is in flight), and warns when
+    /// even that is below what the listeners' `max_connections` may need. Returns the new soft
+    /// limit. Unix only; elsewhere it does nothing.
+    pub fn raise_open_file_limit(&self) -> Option<u64> {
+        let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(limit) => limit,
+            Err(err) => {
+                tracing::warn!(%err, "cannot raise the open-file limit");
+                return None;
+            }
+        };
+        let connections: u64 = self
+            .listeners
+            .iter()
+            .map(|l| l.limits.max_connections as u64)
+            .sum();
+        // Two descriptors per connection (client and upstream), and some for everything else.
+        let needed = connections.saturating_mul(2).saturating_add(64);
+        if limit < needed {
+            tracing::warn!(
+                open_files = limit,
+                needed,
+                "the open-file limit is below what the listeners' max_connections may need; \
+                 lower max_connections or raise the hard limit (ulimit -Hn, LimitNOFILE)"
+            );
+        } else {
+            tracing::info!(open_files = limit, "open-file limit");
+        }
+        Some(limit)
+    }
+
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests
     /// finish within [`SHUTDOWN_GRACE`], and flushes the access log.
     pub async fn serve(self, shutdown: CancellationToken) {
-        let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+        let connections = TaskTracker::new();
         let mut accept_loops = Vec::new();
         for listener in self.listeners {
             accept_loops.push(tokio::spawn(connection::accept_loop(
                 self.shared.clone(),
-                listener.name,
-                listener.tls,
-                listener.socket,
-                graceful.clone(),
+                listener,
+                connections.clone(),
                 shutdown.clone(),
             )));
         }
@@ -373,10 +416,9 @@ impl Gateway {
         }
         tracing::info!("shutting down: waiting for in-flight requests");
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            // The accept loops are done, so this is the last reference.
-            if let Some(graceful) = Arc::into_inner(graceful) {
-                graceful.shutdown().await;
-            }
+            // Each connection saw the shutdown: idle ones close, busy ones finish their requests.
+            connections.close();
+            connections.wait().await;
             self.shared.tasks.close();
             self.shared.tasks.wait().await;
         })
@@ -396,6 +438,7 @@ pub struct Prepared {
     services: Vec<Service>,
     listeners: Vec<(ListenerConfig, Option<Arc<ListenerTls>>)>,
     access_log: crate::config::AccessLogTarget,
+    client_headers: ClientHeaderPolicy,
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

@@ -7,15 +7,17 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::HOST;
-use http::{HeaderMap, Request, Response, StatusCode};
-use http_body::Frame;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot};
 use tollgate_phases::Target;
 
 use super::Shared;
-use super::body::{PUMP_DEPTH, PumpedBody};
+use super::body::{PUMP_DEPTH, PumpedBody, RequestBody};
+use crate::config::ClientLimits;
 use crate::exchange::{ConnectionFacts, Context, ExchangeState, RequestHead, ResponseHead};
 use crate::lifecycle::{
     self, BodyPiece, BoxError, LogDraft, Origin, RequestIo, UpstreamResponse, kong_error,
@@ -23,9 +25,11 @@ use crate::lifecycle::{
 };
 use crate::log::{LogEntry, NamedRef, RequestLog, headers_to_map, parse_querystring, request_url};
 use crate::pipeline::{Exchange, Recording};
-use crate::proxy::forwarding::{add_forwarded, set_forwarded_port, strip_hop_by_hop, upstream_uri};
+use crate::proxy::forwarding::{ForwardedFacts, add_forwarded, strip_hop_by_hop, upstream_uri};
+use crate::proxy::path;
 use crate::proxy::router::strip_port;
 use crate::proxy::upstream::{UpstreamConnection, UpstreamError};
+use crate::runtime::Plugin;
 
 /// What a connection contributes to each of its requests.
 #[derive(Debug)]
@@ -36,7 +40,14 @@ pub struct ConnectionScope {
     pub context: Context,
     /// The port the client connected to.
     pub local_port: u16,
+    /// The plugins that ran in the certificate phase for the connection's SNI (TLS only).
+    pub certificate_plugins: Vec<Arc<Plugin>>,
+    /// The listener's deadlines and caps.
+    pub limits: Arc<ClientLimits>,
 }
+
+/// The client's request body, bounded by the listener's limits.
+type ClientBody = RequestBody<Incoming>;
 
 /// Serves one request: routes it, then runs its lifecycle on a task of its own and answers
 /// with the response head as soon as that task has it.
@@ -61,7 +72,6 @@ pub async fn handle(
         })
         .map(|host| host.to_ascii_lowercase());
     let method = parts.method.as_str().to_owned();
-    let path = parts.uri.path().to_owned();
     let query = parts.uri.query().map(str::to_owned);
     let received_uri = parts
         .uri
@@ -81,15 +91,34 @@ pub async fn handle(
             querystring: query.as_deref().map(parse_querystring).unwrap_or_default(),
             headers: headers_to_map(&parts.headers),
             size: request_head_size(&parts.headers, &received_uri, &method)
-                + http_body::Body::size_hint(&body).exact().unwrap_or(0),
+                + body.size_hint().exact().unwrap_or(0),
             tls: None,
         },
         facts.client_addr.ip().to_string(),
     );
 
-    let routed = shared
-        .router
-        .route(host.as_deref(), &path, &method)
+    let checked = check(&shared, &connection, &parts, &body, host.as_deref()).and_then(|path| {
+        // Upstream and plugins get the normalized path, with the query as the client sent it.
+        let forwarded = match &query {
+            Some(query) => format!("{path}?{query}"),
+            None => path.clone(),
+        };
+        let forwarded = PathAndQuery::from_maybe_shared(forwarded)
+            .map_err(|_| (StatusCode::BAD_REQUEST, "Bad request"))?;
+        parts.uri = Uri::from(forwarded);
+        Ok(path)
+    });
+    let (path, refused) = match checked {
+        Ok(path) => (path, None),
+        Err(refusal) => (String::new(), Some(refusal)),
+    };
+    let trusted = shared
+        .client_headers
+        .sanitize(&mut parts.headers, facts.client_addr.ip());
+    let routed = refused
+        .is_none()
+        .then(|| shared.router.route(host.as_deref(), &path, &method))
+        .flatten()
         .map(|route| {
             draft.route = Some(NamedRef {
                 id: None,
@@ -113,7 +142,10 @@ pub async fn handle(
         host,
         local_port: connection.local_port,
         client: facts.client_addr,
+        trusted,
     };
+    let limits = &connection.limits;
+    let body = RequestBody::new(body, limits.max_body_size, limits.body_timeout);
 
     let (head_tx, head_rx) = oneshot::channel();
     let task_shared = shared.clone();
@@ -132,11 +164,17 @@ pub async fn handle(
             frames: None,
             head_written: None,
         };
-        match routed {
-            Some((_, exchange)) => {
+        match (refused, routed) {
+            (Some((status, message)), _) => {
+                lifecycle::answer(&mut io, draft, status, message).await;
+            }
+            (None, Some((_, exchange))) => {
                 lifecycle::run_request(exchange, &mut io, draft).await;
             }
-            None => lifecycle::run_unrouted(&mut io, draft).await,
+            (None, None) => {
+                let (status, message) = lifecycle::NO_ROUTE;
+                lifecycle::answer(&mut io, draft, status, message).await;
+            }
         }
     });
     match head_rx.await {
@@ -161,6 +199,8 @@ struct Forwarding {
     host: Option<String>,
     local_port: u16,
     client: std::net::SocketAddr,
+    /// Whether the client's identity headers are believed.
+    trusted: bool,
 }
 
 /// The gateway's side of the lifecycle: the client (the request body, and the response through
@@ -169,7 +209,7 @@ struct GatewayIo<'a> {
     shared: &'a Shared,
     service: Option<&'a super::Service>,
     parts: http::request::Parts,
-    body: Option<Incoming>,
+    body: Option<ClientBody>,
     forwarding: Forwarding,
     connection: Option<UpstreamConnection<'a>>,
     /// Where the response head goes, until it is sent.
@@ -235,8 +275,13 @@ impl RequestIo for GatewayIo<'_> {
         let to = &self.forwarding;
         // Upstream request headers: what plugins left, plus the forwarding headers.
         let mut headers = head.headers.clone();
-        add_forwarded(&mut headers, to.client.ip(), to.scheme, to.host.as_deref());
-        set_forwarded_port(&mut headers, to.local_port);
+        let facts = ForwardedFacts {
+            client_ip: to.client.ip(),
+            proto: to.scheme,
+            host: to.host.as_deref(),
+            port: to.local_port,
+        };
+        add_forwarded(&mut headers, &facts, to.trusted);
         // Like Kong's default (preserve_host off): Host names the upstream target.
         headers.remove(HOST);
         let uri = upstream_uri(&self.parts.uri, &target, service.upstream.is_https())
@@ -266,14 +311,26 @@ impl RequestIo for GatewayIo<'_> {
     }
 
     async fn next_piece(&mut self, body: &mut Incoming) -> Option<Result<BodyPiece, BoxError>> {
+        let idle = self
+            .service
+            .map_or(crate::config::DEFAULT_BODY_TIMEOUT, |service| {
+                service.upstream.body_timeout()
+            });
         loop {
-            let frame = match body.frame().await? {
+            let frame = match tokio::time::timeout(idle, body.frame()).await {
+                Ok(frame) => frame?,
+                Err(_) => {
+                    let reason = format!("the upstream body paused longer than {idle:?}");
+                    return Some(Err(reason.into()));
+                }
+            };
+            let frame = match frame {
                 Ok(frame) => frame,
                 Err(err) => return Some(Err(Box::new(err))),
             };
             match frame.into_data() {
                 Ok(bytes) => {
-                    let last = http_body::Body::is_end_stream(body);
+                    let last = body.is_end_stream();
                     return Some(Ok(BodyPiece::Data { bytes, last }));
                 }
                 Err(frame) => {
@@ -331,4 +388,63 @@ impl RequestIo for GatewayIo<'_> {
     fn log(&mut self, entry: LogEntry) {
         self.shared.access_log.write(entry);
     }
+}
+
+/// What the gateway refuses before routing: too many header fields (431: hyper counts them for
+/// HTTP/1.1, this for HTTP/2), a second `Host`, an HTTP/2 `Host` that contradicts `:authority`,
+/// a path that cannot be normalized (all 400), a declared body over `max_body_size` (413), and
+/// on TLS a host whose certificate-phase policy is not the one the connection's SNI got (421:
+/// the client must open a connection for that name). Returns the normalized path.
+fn check(
+    shared: &Shared,
+    connection: &ConnectionScope,
+    parts: &http::request::Parts,
+    body: &Incoming,
+    host: Option<&str>,
+) -> Result<String, (StatusCode, &'static str)> {
+    const BAD_REQUEST: (StatusCode, &str) = (StatusCode::BAD_REQUEST, "Bad request");
+    let limits = &connection.limits;
+    if parts.headers.len() > limits.max_headers {
+        return Err((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "Request header fields too large",
+        ));
+    }
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(BAD_REQUEST);
+    }
+    if parts.version == Version::HTTP_2
+        && let (Some(authority), Some(host_header)) = (parts.uri.authority(), host_header)
+        && !host_header
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+    {
+        return Err(BAD_REQUEST);
+    }
+    let path = match path::normalize(parts.uri.path()) {
+        Ok(path) => path,
+        Err(err) => {
+            tracing::debug!(path = parts.uri.path(), %err, "refusing the request path");
+            return Err(BAD_REQUEST);
+        }
+    };
+    if limits.max_body_size > 0 && body.size_hint().lower() > limits.max_body_size {
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, "Request size limit exceeded"));
+    }
+    if connection.facts.tls.is_some() {
+        let sni = connection.facts.sni.as_deref();
+        let name = |name: Option<&str>| name.map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+        if name(host) != name(sni) {
+            let wanted = shared.chains.for_sni(&shared.router, host);
+            let got = &connection.certificate_plugins;
+            let same_policy =
+                wanted.len() == got.len() && wanted.iter().zip(got).all(|(a, b)| Arc::ptr_eq(a, b));
+            if !same_policy {
+                return Err((StatusCode::MISDIRECTED_REQUEST, "Misdirected request"));
+            }
+        }
+    }
+    Ok(path)
 }

@@ -3,5 +3,6 @@
 
 pub mod echo;
 pub mod forwarding;
+pub mod path;
 pub mod router;
 pub mod upstream;

@@ -2,7 +2,9 @@
 //!
 //! Matching follows Kong's traditional router. A route matches when every criterion it
 //! configures matches (hosts: any of them; paths: any prefix; methods: any of them); a route
-//! that configures none matches everything. Among matching routes the winner is decided by, in
+//! that configures none matches everything. Paths are compared case-sensitively, as in Kong, and
+//! the gateway hands the router the normalized path ([`super::path::normalize`]), so `//v1` or
+//! `/%761` cannot slip past a `/v1` route. Among matching routes the winner is decided by, in
 //! order:
 //!
 //! 1. more configured criteria (hosts, paths, methods) first;
@@ -29,8 +31,8 @@ pub struct Route {
     /// Host names this route serves: exact (`api.example.com`) or wildcard (`*.example.com`).
     /// Compared case-insensitively. Empty: any host.
     pub hosts: Vec<String>,
-    /// Path prefixes (plain byte prefixes, as in Kong: `/v1` also matches `/v1beta`).
-    /// Empty: any path.
+    /// Path prefixes (plain, case-sensitive byte prefixes, as in Kong: `/v1` also matches
+    /// `/v1beta`, not `/V1`). Empty: any path.
     pub paths: Vec<String>,
     /// Upper-case method names. Empty: any method.
     pub methods: Vec<String>,

@@ -82,6 +82,9 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     /// Limit from handing the request over to receiving the response head.
     pub read_timeout: Duration,
+    /// Longest pause between two frames of a response body (applied by whoever reads it, see
+    /// [`Upstream::body_timeout`]).
+    pub body_timeout: Duration,
     /// How many further targets the caller may try after a [`UpstreamError::Connect`].
     pub retries: u32,
     /// Verify the target's certificate (web PKI roots plus `extra_ca`, name = target host).
@@ -208,6 +211,7 @@ pub struct Upstream {
     tls: Option<TlsConnector>,
     connect_timeout: Duration,
     read_timeout: Duration,
+    body_timeout: Duration,
     retries: u32,
     next: AtomicUsize,
     pool: Arc<Pool>,
@@ -220,6 +224,7 @@ impl fmt::Debug for Upstream {
             .field("https", &self.tls.is_some())
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
+            .field("body_timeout", &self.body_timeout)
             .field("retries", &self.retries)
             .finish_non_exhaustive()
     }
@@ -255,6 +260,7 @@ impl Upstream {
             tls,
             connect_timeout: settings.connect_timeout,
             read_timeout: settings.read_timeout,
+            body_timeout: settings.body_timeout,
             retries: settings.retries,
             next: AtomicUsize::new(0),
             pool: Arc::new(Pool::default()),
@@ -289,6 +295,13 @@ impl Upstream {
     /// The read timeout (request handed over → response head).
     pub fn read_timeout(&self) -> Duration {
         self.read_timeout
+    }
+
+    /// The longest pause allowed between two frames of a response body. The body is the
+    /// caller's to read, so the caller applies it (the gateway aborts the client's response
+    /// past it, which also closes that upstream connection).
+    pub fn body_timeout(&self) -> Duration {
+        self.body_timeout
     }
 
     /// Checks out a connection to `target`: an idle pooled one if there is one, else a new one
@@ -416,8 +429,8 @@ impl UpstreamConnection<'_> {
 
     /// Sends the request and waits for the response head, at most the read timeout (which so
     /// also bounds writing the request body: a client uploading slower than that gets a 504).
-    /// The response body streams afterwards with no timeout of its own; the connection goes
-    /// back to the pool once that body has been read to the end.
+    /// The response body streams afterwards under [`Upstream::body_timeout`], applied by its
+    /// reader; the connection goes back to the pool once that body has been read to the end.
     ///
     /// The request goes out as HTTP/1.1 in origin-form (`/path?query`, whatever the URI's
     /// form); a missing `Host` is set from the URI's authority, else the target. Hop-by-hop

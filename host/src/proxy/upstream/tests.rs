@@ -20,6 +20,7 @@ fn settings(targets: &[String]) -> UpstreamSettings {
         https: false,
         connect_timeout: Duration::from_secs(2),
         read_timeout: Duration::from_secs(2),
+        body_timeout: Duration::from_secs(2),
         retries: 1,
         tls_verify: true,
         extra_ca: Vec::new(),
