@@ -13,6 +13,11 @@
 //!
 //! Exits 1 when a healthy route (keepalive, handshakes) saw any error or non-200 answer, or the
 //! RSS grew by more than 5% from the end of the first (warm-up) minute to the end.
+//!
+//! `soak isolation [RUNS]` measures instead what a looping plugin costs the other routes: the
+//! healthy route's keep-alive throughput alone, then while 8 connections hit the looping route
+//! (time limit 100 ms), alternating, RUNS (default 3) times 10 s each; it prints each figure,
+//! the medians, their ratio, and the looping requests' status counts and slowest answer.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -190,24 +195,18 @@ fn parse(output: std::process::Output) -> Run {
 }
 
 fn main() {
-    let minutes: u64 = std::env::args()
-        .nth(1)
+    let mut args = std::env::args().skip(1);
+    let first = args.next();
+    if first.as_deref() == Some("isolation") {
+        let runs = args
+            .next()
+            .map_or(3, |n| n.parse().expect("runs: a whole number"));
+        return isolation(runs);
+    }
+    let minutes: u64 = first
         .map(|m| m.parse().expect("minutes: a whole number"))
         .unwrap_or(10);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio");
-    let echo = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(tollgate::proxy::echo::serve_echo(
-            listener,
-            std::future::pending(),
-        ));
-        addr
-    });
+    let (runtime, echo) = start_echo();
     let dir = tempfile::tempdir().expect("temp dir");
     let pki = TestPki::new().write(dir.path()).expect("PKI written");
     println!("tollgate: {}", tollgate_binary().display());
@@ -300,4 +299,122 @@ fn main() {
         std::process::exit(1);
     }
     drop(runtime);
+}
+
+/// The echo upstream on a runtime of its own, for as long as the returned runtime lives.
+fn start_echo() -> (tokio::runtime::Runtime, std::net::SocketAddr) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let echo = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(tollgate::proxy::echo::serve_echo(
+            listener,
+            std::future::pending(),
+        ));
+        addr
+    });
+    (runtime, echo)
+}
+
+fn plain_oha(url: &str, args: &[&str], seconds: u64) -> std::process::Child {
+    let oha = std::env::var("OHA").unwrap_or_else(|_| "oha".to_owned());
+    Command::new(oha)
+        .args(["--no-tui", "--output-format", "json", "-z"])
+        .arg(format!("{seconds}s"))
+        .args(args)
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("oha runs (scripts/soak installs it)")
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Healthy-route throughput alone and beside a looping plugin, alternating.
+fn isolation(runs: usize) {
+    let (_runtime, echo) = start_echo();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = format!(
+        r#"
+[access_log]
+target = "access.log"
+
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+
+[[services]]
+name = "echo"
+targets = ["{echo}"]
+
+[[routes]]
+name = "healthy"
+paths = ["/"]
+service = "echo"
+
+[[routes]]
+name = "bad"
+paths = ["/bad"]
+service = "echo"
+
+[[plugins]]
+name = "looping"
+path = "{misbehave}"
+route = "bad"
+time_limit = "100ms"
+config = {{ mode = "loop" }}
+"#,
+        misbehave = guests::MISBEHAVE
+    );
+    let gateway = Tollgate::run(dir.path(), &config);
+    let base = format!("http://127.0.0.1:{}", gateway.addr("http").port());
+    let healthy_url = format!("{base}/");
+    let bad_url = format!("{base}/bad");
+    let (mut solo, mut beside) = (Vec::new(), Vec::new());
+    let mut slowest_loop: f64 = 0.0;
+    let mut loop_statuses: BTreeMap<String, u64> = BTreeMap::new();
+    for run in 1..=runs {
+        let alone = parse(
+            plain_oha(&healthy_url, &["-c", "8"], 10)
+                .wait_with_output()
+                .expect("oha"),
+        );
+        let looping = plain_oha(&bad_url, &["-c", "8"], 10);
+        let with = parse(
+            plain_oha(&healthy_url, &["-c", "8"], 10)
+                .wait_with_output()
+                .expect("oha"),
+        );
+        let looping = looping.wait_with_output().expect("oha");
+        let json: Value = serde_json::from_slice(&looping.stdout).unwrap_or_default();
+        slowest_loop = slowest_loop.max(json["summary"]["slowest"].as_f64().unwrap_or(0.0));
+        for (status, count) in parse(looping).statuses {
+            *loop_statuses.entry(status).or_default() += count;
+        }
+        println!(
+            "run {run}: healthy alone {:.0} req/s (statuses {:?}), beside the looping route \
+             {:.0} req/s (statuses {:?})",
+            alone.rps, alone.statuses, with.rps, with.statuses
+        );
+        solo.push(alone.rps);
+        beside.push(with.rps);
+    }
+    let (solo, beside) = (median(&mut solo), median(&mut beside));
+    println!(
+        "median healthy throughput: alone {solo:.0} req/s, beside the looping route \
+         {beside:.0} req/s, ratio {:.2}",
+        beside / solo
+    );
+    println!(
+        "looping route: statuses {loop_statuses:?}, slowest answer {:.0} ms (time_limit 100 ms)",
+        slowest_loop * 1000.0
+    );
 }
