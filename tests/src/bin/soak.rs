@@ -142,6 +142,9 @@ config = {{ mode = "grow" }}
     )
 }
 
+/// How oha reports the requests it cancels itself when its `-z` duration ends.
+const OHA_CUTOFF: &str = "aborted due to deadline";
+
 /// What one oha run reported.
 #[derive(Debug, Default)]
 struct Run {
@@ -261,7 +264,13 @@ fn main() {
                 .filter(|(status, _)| status.as_str() != "200")
                 .map(|(_, count)| count)
                 .sum();
-            let errors: u64 = run.errors.values().sum();
+            // oha cancels the requests in flight when its duration ends: not the gateway's.
+            let errors: u64 = run
+                .errors
+                .iter()
+                .filter(|(kind, _)| kind.as_str() != OHA_CUTOFF)
+                .map(|(_, count)| count)
+                .sum();
             if traffic.healthy && (bad_statuses > 0 || errors > 0) {
                 failures.push(format!(
                     "minute {minute}: {} saw {bad_statuses} non-200 answers and {errors} errors",
@@ -283,10 +292,54 @@ fn main() {
     if minutes > 1 && growth > 5.0 {
         failures.push(format!("RSS grew {growth:.1}% after warm-up (limit 5%)"));
     }
-    let log_lines = std::fs::read_to_string(dir.path().join("access.log"))
-        .map(|text| text.lines().count())
-        .unwrap_or(0);
-    println!("access log: {log_lines} lines");
+    // What the gateway warned about, by plugin and kind (its warnings are rate-limited, so
+    // these count distinct bursts, not requests).
+    let mut warnings: BTreeMap<String, u64> = BTreeMap::new();
+    for line in gateway.stderr() {
+        if line.contains(" WARN ") {
+            let field = |key: &str| {
+                line.split_whitespace()
+                    .find_map(|word| word.strip_prefix(key))
+                    .unwrap_or("-")
+                    .to_owned()
+            };
+            *warnings
+                .entry(format!(
+                    "plugin={} kind={}",
+                    field("plugin="),
+                    field("kind=")
+                ))
+                .or_default() += 1;
+        }
+    }
+    println!("gateway warnings (rate-limited) by plugin and kind: {warnings:?}");
+    // Why healthy routes answered anything but 200, from the access log's plugin_errors.
+    let text = std::fs::read_to_string(dir.path().join("access.log")).unwrap_or_default();
+    let mut causes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut lines = 0;
+    for line in text.lines() {
+        lines += 1;
+        let Ok(entry) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let route = entry["route"]["name"].as_str().unwrap_or("-");
+        if !matches!(route, "open" | "secure") || entry["response"]["status"] == 200 {
+            continue;
+        }
+        let errors = entry["plugin_errors"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let cause = errors
+            .iter()
+            .map(|err| format!("{} in {}: {}", err["plugin"], err["phase"], err["message"]))
+            .collect::<Vec<_>>()
+            .join("; ");
+        *causes
+            .entry(format!("{route} {}: {cause}", entry["response"]["status"]))
+            .or_default() += 1;
+    }
+    println!("access log: {lines} lines; healthy routes' non-200 answers by cause: {causes:?}");
     if !Path::new(&gateway.config).exists() {
         failures.push("the config vanished".to_owned());
     }
