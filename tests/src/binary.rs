@@ -217,6 +217,21 @@ impl Tollgate {
         self.stderr.lock().expect("stderr lines").clone()
     }
 
+    /// Waits up to `limit` for a stderr line matching `wanted` (the process writes its log
+    /// asynchronously, and a reader thread collects it); whether one came.
+    pub fn wait_for_stderr(&self, limit: Duration, wanted: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.stderr().iter().any(|line| wanted(line)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The resident set size of the process, in bytes (from `/proc`).
     pub fn rss_bytes(&self) -> u64 {
         let status =

@@ -115,12 +115,17 @@ async fn a_looping_plugin_fails_each_of_its_requests_at_its_time_limit_while_oth
         "looping requests were ended by their 100ms limit (slowest took {slowest:?})"
     );
     eprintln!("slowest looping request answered in {slowest:?} (time_limit 100ms)");
+    let timeout_warning =
+        |line: &str| line.contains("WARN") && line.contains("exceeded its time limit");
+    assert!(
+        gateway.wait_for_stderr(Duration::from_secs(5), timeout_warning),
+        "the timeout was logged at warn"
+    );
     let warnings = gateway
         .stderr()
         .into_iter()
-        .filter(|line| line.contains("WARN") && line.contains("exceeded its time limit"))
+        .filter(|line| timeout_warning(line))
         .count();
-    assert!(warnings >= 1, "the timeout was logged at warn");
     assert!(
         warnings <= 5,
         "timeouts are rate-limited per plugin and kind: {warnings} warnings for 6 failures"
@@ -212,11 +217,9 @@ async fn memory_hogs_are_stopped_and_the_process_stays_under_the_plugin_memory_b
         peak.saturating_sub(baseline) < BUDGET,
         "plugin memory stayed under the budget: peak RSS {peak} bytes, {baseline} at start"
     );
-    let lines = gateway.stderr();
     assert!(
-        lines
-            .iter()
-            .any(|line| line.contains("exceeded its memory limit")),
+        gateway.wait_for_stderr(Duration::from_secs(5), |line| line
+            .contains("exceeded its memory limit")),
         "the cap was named in a warning"
     );
 }
@@ -235,8 +238,12 @@ async fn a_plugin_flooding_its_output_is_capped_per_call_and_cannot_forge_log_li
         assert_eq!(get(addr, "/bad").await.status, 200);
     }
     assert_eq!(get(addr, "/").await.status, 200);
-    // The process writes asynchronously; give the reader a moment to catch up.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The process writes asynchronously: wait for the report of the last flood call.
+    let dropped = |line: &str| line.contains("WARN") && line.contains("bytes were dropped");
+    assert!(
+        gateway.wait_for_stderr(Duration::from_secs(5), dropped),
+        "the dropped output was reported"
+    );
     let lines = gateway.stderr();
     let written: Vec<&String> = lines[before..].iter().collect();
     let bytes: usize = written.iter().map(|line| line.len() + 1).sum();

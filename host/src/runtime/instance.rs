@@ -170,8 +170,11 @@ impl PluginInstance {
         )
     }
 
-    /// Says, rate-limited, when the call wrote more output than it may.
+    /// Ends a call: gives the slow lane back and says, rate-limited, when the call wrote more
+    /// output than it may.
     fn end_call(&mut self, phase: Option<Phase>) {
+        // A call that ran long held the slow lane: others may have it now.
+        self.store.data().lane_turn.release();
         let dropped = self.store.data().output.take_dropped();
         if dropped > 0 {
             let phase = phase.map_or("configure", Phase::name);

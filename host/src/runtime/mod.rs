@@ -19,6 +19,7 @@ mod host_api;
 mod instance;
 mod loader;
 mod output;
+mod slow_lane;
 mod store;
 
 use std::collections::HashMap;

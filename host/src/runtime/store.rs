@@ -13,6 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::capacity::Capacity;
 use super::engine::{MAX_TABLE_ELEMENTS, TABLE_ELEMENT_BYTES};
 use super::output::{OutputBudget, PluginOutput};
+use super::slow_lane::LaneTurn;
 use crate::exchange::{ExchangeState, HandshakeState};
 
 /// The state a call works on, lent by the pipeline for one call and taken back after it.
@@ -162,6 +163,8 @@ pub struct PluginStore {
     /// When the current call started, and how long it may run; the epoch callback ends it then.
     pub(super) call_started: Instant,
     pub(super) time_limit: Duration,
+    /// The call's hold on the slow lane, once it runs long.
+    pub(super) lane_turn: LaneTurn,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -203,6 +206,7 @@ impl PluginStore {
             output,
             call_started: Instant::now(),
             time_limit,
+            lane_turn: LaneTurn::default(),
             wasi,
             table: ResourceTable::new(),
         }
@@ -225,15 +229,17 @@ impl WasiView for PluginStore {
 
 /// Wires the memory cap into `store`, and the time limit: the epoch ticks every
 /// [`EPOCH_TICK`](super::engine::EPOCH_TICK); at each tick a running call yields to the async
-/// scheduler (so a long call never holds a worker thread) until its time is up, then traps.
+/// scheduler (so a long call never holds a worker thread) and takes its turn in the
+/// [slow lane](super::slow_lane) until its time is up, then traps.
 pub fn install_limits(store: &mut Store<PluginStore>) {
     store.limiter(|data| &mut data.memory);
     store.epoch_deadline_callback(|store| {
         let data = store.data();
-        Ok(if data.call_started.elapsed() >= data.time_limit {
+        let deadline = data.call_started + data.time_limit;
+        Ok(if Instant::now() >= deadline {
             UpdateDeadline::Interrupt
         } else {
-            UpdateDeadline::Yield(1)
+            UpdateDeadline::YieldCustom(1, data.lane_turn.next(deadline))
         })
     });
 }
@@ -242,6 +248,7 @@ pub fn install_limits(store: &mut Store<PluginStore>) {
 pub fn begin_call(store: &mut Store<PluginStore>) {
     let data = store.data_mut();
     data.call_started = Instant::now();
+    data.lane_turn.release();
     data.output.refill();
     store.set_epoch_deadline(1);
 }

@@ -21,7 +21,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
@@ -340,9 +339,8 @@ fn main() {
             .or_default() += 1;
     }
     println!("access log: {lines} lines; healthy routes' non-200 answers by cause: {causes:?}");
-    if !Path::new(&gateway.config).exists() {
-        failures.push("the config vanished".to_owned());
-    }
+    // `exit` skips destructors: stop the gateway first.
+    drop(gateway);
     if failures.is_empty() {
         println!("soak: ok");
     } else {
