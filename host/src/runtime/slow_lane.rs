@@ -63,7 +63,7 @@ impl LaneTurn {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_long_call_waits_for_the_lane_only_until_its_deadline() {
         let first = LaneTurn::default();
         let second = LaneTurn::default();
