@@ -305,7 +305,7 @@ pub struct RouteConfig {
 
 /// Which requests a plugin instance runs for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PluginScope {
+pub enum PluginAttachment {
     /// Every request.
     Global,
     /// Requests matched by the named route.
@@ -324,7 +324,7 @@ pub struct PluginConfig {
     /// The instance's configuration, handed to the plugin as JSON (an object).
     pub config: serde_json::Value,
     /// Which requests it runs for.
-    pub scope: PluginScope,
+    pub attached_to: PluginAttachment,
     /// Lower runs first.
     pub order: i64,
     /// Whether a failing plugin is skipped instead of answering 500.
@@ -1125,28 +1125,28 @@ impl Checker<'_> {
                     }
                 },
             };
-            let scope = match (&raw.route, &raw.service) {
+            let attached_to = match (&raw.route, &raw.service) {
                 (Some(_), Some(service)) => {
                     self.problem(
                         service.span().start,
                         format!("{at}.service"),
                         "a plugin is scoped to a route or a service, not both",
                     );
-                    PluginScope::Global
+                    PluginAttachment::Global
                 }
                 (Some(route), None) => {
                     if !routes.iter().any(|r| r.name == *route.get_ref()) {
                         self.unknown_reference(route, &format!("{at}.route"), "route");
                     }
-                    PluginScope::Route(route.get_ref().clone())
+                    PluginAttachment::Route(route.get_ref().clone())
                 }
                 (None, Some(service)) => {
                     if !services.iter().any(|s| s.name == *service.get_ref()) {
                         self.unknown_reference(service, &format!("{at}.service"), "service");
                     }
-                    PluginScope::Service(service.get_ref().clone())
+                    PluginAttachment::Service(service.get_ref().clone())
                 }
-                (None, None) => PluginScope::Global,
+                (None, None) => PluginAttachment::Global,
             };
             let memory_limit = self.memory(&raw.memory_limit, &format!("{at}.memory_limit"));
             let time_limit = self.duration(
@@ -1161,7 +1161,7 @@ impl Checker<'_> {
                     name,
                     path,
                     config,
-                    scope,
+                    attached_to,
                     order: raw.order.as_ref().map_or(0, |o| *o.get_ref()),
                     fail_open: raw.fail_open.as_ref().is_some_and(|f| *f.get_ref()),
                     memory_limit,

@@ -16,7 +16,7 @@ use tollgate_phases::{Phase, PhaseSet, Target};
 
 use crate::exchange::{Context, EarlyResponse, ExchangeState, HandshakeState, ResponseHead};
 use crate::runtime::{
-    HostCall, PhaseCall, Plugin, PluginError, PluginFault, PluginInstance, Scope, Stage,
+    HostCall, LoadedPlugin, PhaseCall, PluginError, PluginFault, PluginInstance, Scope, Stage,
 };
 use crate::tls::{ClientVerify, TlsPolicy};
 
@@ -59,7 +59,7 @@ pub struct CertificateOutcome {
 /// Runs the certificate phase of the plugins that handle it. An error from a fail-closed plugin
 /// aborts the handshake.
 pub async fn run_certificate_phase(
-    plugins: &[Arc<Plugin>],
+    plugins: &[Arc<LoadedPlugin>],
     client_addr: SocketAddr,
     sni: Option<String>,
     recording: Recording,
@@ -131,7 +131,7 @@ fn report_failure(err: &PluginError, client: Option<SocketAddr>) {
 }
 
 fn trace(
-    plugin: &Plugin,
+    plugin: &LoadedPlugin,
     phase: Phase,
     calls: Vec<HostCall>,
     result: &Result<(), PluginError>,
@@ -191,7 +191,7 @@ pub fn plugin_failure_response(err: &PluginError) -> (ResponseHead, Bytes) {
 /// One request's run through the plugin phases.
 #[derive(Debug)]
 pub struct Exchange {
-    plugins: Arc<[Arc<Plugin>]>,
+    plugins: Arc<[Arc<LoadedPlugin>]>,
     instances: Vec<Option<PluginInstance>>,
     /// Always `Some` except while lent to a plugin call.
     state: Option<Box<ExchangeState>>,
@@ -202,7 +202,11 @@ pub struct Exchange {
 
 impl Exchange {
     /// Starts a request through `plugins` (already ordered and scoped for its route).
-    pub fn new(plugins: Arc<[Arc<Plugin>]>, state: ExchangeState, recording: Recording) -> Self {
+    pub fn new(
+        plugins: Arc<[Arc<LoadedPlugin>]>,
+        state: ExchangeState,
+        recording: Recording,
+    ) -> Self {
         let instances = plugins.iter().map(|_| None).collect();
         Exchange {
             plugins,
@@ -252,7 +256,7 @@ impl Exchange {
     /// runs in a request phase. Checked before any plugin runs, so a gateway at capacity
     /// answers 503 at once instead of failing plugin after plugin.
     pub fn admit(&self) -> Result<(), PluginError> {
-        let needing: Vec<&Arc<Plugin>> = self
+        let needing: Vec<&Arc<LoadedPlugin>> = self
             .plugins
             .iter()
             .filter(|plugin| plugin.phases().intersects(PhaseSet::REQUEST))

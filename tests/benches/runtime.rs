@@ -9,7 +9,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tollgate::Phase;
 use tollgate::exchange::ExchangeState;
-use tollgate::runtime::{PhaseCall, Plugin, Scope, componentize};
+use tollgate::runtime::{LoadedPlugin, PhaseCall, Scope, componentize};
 use tollgate::tls::ClientVerify;
 use tollgate_tests::{TestPki, get, guests, load, runtime, tls_connection};
 
@@ -17,7 +17,7 @@ fn block_on<F: std::future::Future>(rt: &tokio::runtime::Runtime, future: F) -> 
     rt.block_on(future)
 }
 
-fn chain_reader(rt: &tokio::runtime::Runtime) -> Arc<Plugin> {
+fn chain_reader(rt: &tokio::runtime::Runtime) -> Arc<LoadedPlugin> {
     block_on(
         rt,
         load(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tollgate_phases::Phase;
 use wasmtime::{Store, Trap};
 
-use super::Plugin;
+use super::LoadedPlugin;
 use super::bindings::{self, WitPhase};
 use super::capacity::InstanceSlot;
 use super::error::{PluginError, PluginFault, Stage};
@@ -17,9 +17,9 @@ use super::store::{
 /// A plugin instance for one connection's certificate phase or one request's phases. After a
 /// failed call it must not be entered again: callers drop it and make a new one if needed.
 pub struct PluginInstance {
-    plugin: Arc<Plugin>,
+    plugin: Arc<LoadedPlugin>,
     store: Store<PluginStore>,
-    bindings: bindings::Plugin,
+    bindings: bindings::PluginWorld,
     /// The pool slot this instance holds until it is dropped.
     _slot: InstanceSlot,
 }
@@ -57,7 +57,7 @@ impl PhaseCall<'_> {
 
 impl PluginInstance {
     /// Instantiates `plugin` and hands it its configuration.
-    pub async fn new(plugin: Arc<Plugin>, record_calls: bool) -> Result<Self, PluginError> {
+    pub async fn new(plugin: Arc<LoadedPlugin>, record_calls: bool) -> Result<Self, PluginError> {
         let Some(slot) = plugin.capacity.try_slot() else {
             let slots = plugin.capacity.limits().max_instances;
             return Err(plugin.error(Stage::Instantiate, PluginFault::AtCapacity(slots)));
@@ -197,7 +197,7 @@ impl PluginInstance {
 /// Names what stopped a call: the deadline, the memory cap, or another trap.
 fn classify(
     store: &Store<PluginStore>,
-    plugin: &Plugin,
+    plugin: &LoadedPlugin,
     err: wasmtime::Error,
     other: fn(String) -> PluginFault,
 ) -> PluginFault {

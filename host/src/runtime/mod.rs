@@ -78,7 +78,7 @@ impl PluginSpec {
 }
 
 /// A loaded plugin, ready to be instantiated.
-pub struct Plugin {
+pub struct LoadedPlugin {
     name: Arc<str>,
     path: PathBuf,
     config_json: String,
@@ -86,13 +86,13 @@ pub struct Plugin {
     time_limit: Duration,
     fail_open: bool,
     phases: PhaseSet,
-    pre: bindings::PluginPre<PluginStore>,
+    pre: bindings::PluginWorldPre<PluginStore>,
     capacity: Arc<Capacity>,
 }
 
-impl std::fmt::Debug for Plugin {
+impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin")
+        f.debug_struct("LoadedPlugin")
             .field("name", &self.name)
             .field("path", &self.path)
             .field("phases", &self.phases)
@@ -100,7 +100,7 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
-impl Plugin {
+impl LoadedPlugin {
     /// The instance name.
     pub fn name(&self) -> &str {
         &self.name
@@ -192,7 +192,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| {
-                bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |store| store)
+                bindings::PluginWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |store| store)
             })
             .map_err(|err| RuntimeError(format!("{err:#}")))?;
         engine::start_epoch_ticker(&engine)
@@ -219,7 +219,7 @@ impl Runtime {
 
     /// Loads a plugin: compiles (or reuses) its component, links it against the sandbox, then
     /// instantiates it once to validate its configuration and learn its phases.
-    pub async fn load(&self, spec: PluginSpec) -> Result<Arc<Plugin>, LoadError> {
+    pub async fn load(&self, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, LoadError> {
         let component = self.component(&spec.path)?;
         let instance_pre = self
             .inner
@@ -229,11 +229,11 @@ impl Runtime {
                 path: spec.path.clone(),
                 reason: format!("{err:#}"),
             })?;
-        let pre = bindings::PluginPre::new(instance_pre).map_err(|err| LoadError::Link {
+        let pre = bindings::PluginWorldPre::new(instance_pre).map_err(|err| LoadError::Link {
             path: spec.path.clone(),
             reason: format!("{err:#}"),
         })?;
-        let plugin = Arc::new(Plugin {
+        let plugin = Arc::new(LoadedPlugin {
             name: spec.name.as_str().into(),
             path: spec.path.clone(),
             config_json: spec.config.to_string(),

@@ -10,10 +10,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::chain_check::{ClientVerify, TrustAnchors, verify_client_chain};
 use super::listener::ListenerTls;
 use super::names::{cipher_name, protocol_name};
 use super::policy::TlsPolicy;
-use super::verify::{ClientVerify, TrustAnchors, verify_client_chain};
 
 /// What the `certificate` phase sees of the ClientHello.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

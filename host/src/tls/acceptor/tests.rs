@@ -14,9 +14,9 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 
 use super::*;
+use crate::tls::chain_check::TrustAnchors;
 use crate::tls::listener::ServerCertificate;
 use crate::tls::test_pki::{Pki, key_der};
-use crate::tls::verify::TrustAnchors;
 
 /// A client certificate source that records the CA names each CertificateRequest carried.
 #[derive(Debug)]
