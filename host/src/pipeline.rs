@@ -16,7 +16,7 @@ use tollgate_phases::{Phase, PhaseSet, Target};
 
 use crate::exchange::{Context, EarlyResponse, ExchangeState, HandshakeState, ResponseHead};
 use crate::runtime::{
-    HostCall, LoadedPlugin, PhaseCall, PluginError, PluginFault, PluginInstance, Scope, Stage,
+    HostCall, LoadedPlugin, PhaseCall, PluginError, PluginFault, PluginInstance, Stage,
 };
 use crate::tls::{ClientVerify, TlsPolicy};
 
@@ -64,27 +64,18 @@ pub async fn run_certificate_phase(
     sni: Option<String>,
     recording: Recording,
 ) -> Result<CertificateOutcome, (PluginError, Vec<TraceEntry>)> {
-    let mut state = Box::new(HandshakeState {
+    let mut state = HandshakeState {
         client_addr,
         sni,
         policy: TlsPolicy::default(),
         context: Context::new(),
-    });
+    };
     let mut outcome = CertificateOutcome::default();
     let record = recording == Recording::On;
     for plugin in plugins.iter().filter(|p| p.handles(Phase::Certificate)) {
         let result = match plugin.instantiate(record).await {
             Ok(mut instance) => {
-                let (scope, result) = instance
-                    .call(
-                        PhaseCall::Plain(Phase::Certificate),
-                        Scope::Handshake(state),
-                    )
-                    .await;
-                state = match scope {
-                    Scope::Handshake(state) => state,
-                    _ => unreachable!("the certificate phase lends a handshake scope"),
-                };
+                let result = instance.call_handshake(&mut state).await;
                 if record {
                     outcome.trace.push(trace(
                         plugin,
@@ -193,8 +184,8 @@ pub fn plugin_failure_response(err: &PluginError) -> (ResponseHead, Bytes) {
 pub struct Exchange {
     plugins: Arc<[Arc<LoadedPlugin>]>,
     instances: Vec<Option<PluginInstance>>,
-    /// Always `Some` except while lent to a plugin call.
-    state: Option<Box<ExchangeState>>,
+    /// Lent to each plugin call by swapping it into the instance's store and back.
+    state: ExchangeState,
     recording: Recording,
     trace: Vec<TraceEntry>,
     failures: Vec<PluginError>,
@@ -211,7 +202,7 @@ impl Exchange {
         Exchange {
             plugins,
             instances,
-            state: Some(Box::new(state)),
+            state,
             recording,
             trace: Vec::new(),
             failures: Vec::new(),
@@ -220,16 +211,12 @@ impl Exchange {
 
     /// The request's state.
     pub fn state(&self) -> &ExchangeState {
-        self.state
-            .as_ref()
-            .expect("exchange state is lent only during a call")
+        &self.state
     }
 
     /// The request's state, to change from the host side.
     pub fn state_mut(&mut self) -> &mut ExchangeState {
-        self.state
-            .as_mut()
-            .expect("exchange state is lent only during a call")
+        &mut self.state
     }
 
     /// Whether any plugin of the chain handles `phase`.
@@ -366,12 +353,8 @@ impl Exchange {
     }
 
     /// The request's final state, trace and failures.
-    pub fn finish(mut self) -> (ExchangeState, Vec<TraceEntry>, Vec<PluginError>) {
-        let state = *self
-            .state
-            .take()
-            .expect("exchange state is lent only during a call");
-        (state, self.trace, self.failures)
+    pub fn finish(self) -> (ExchangeState, Vec<TraceEntry>, Vec<PluginError>) {
+        (self.state, self.trace, self.failures)
     }
 
     async fn run(
@@ -432,15 +415,7 @@ impl Exchange {
             },
             None => PhaseCall::Plain(phase),
         };
-        let state = self
-            .state
-            .take()
-            .expect("exchange state is lent only during a call");
-        let (scope, result) = instance.call(call, Scope::Exchange(state)).await;
-        self.state = Some(match scope {
-            Scope::Exchange(state) => state,
-            _ => unreachable!("request phases lend an exchange scope"),
-        });
+        let result = instance.call_exchange(call, &mut self.state).await;
         if record {
             self.trace
                 .push(trace(&plugin, phase, instance.take_calls(), &result));

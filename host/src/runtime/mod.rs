@@ -37,8 +37,8 @@ pub use self::error::{LoadError, PluginError, PluginFault, Stage};
 pub use self::host_api::NOT_TLS;
 pub use self::instance::{PhaseCall, PluginInstance};
 pub use self::loader::{WasmKind, componentize, wasm_kind};
+pub use self::store::HostCall;
 use self::store::PluginStore;
-pub use self::store::{HostCall, Scope};
 
 /// How to load one plugin: its file, its configuration and its limits.
 #[derive(Debug, Clone)]
