@@ -175,8 +175,14 @@ impl std::fmt::Debug for Runtime {
 
 /// The runtime could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot start the plugin runtime: {0}")]
-pub struct RuntimeError(String);
+pub enum RuntimeError {
+    /// The engine could not be built or the sandbox's imports linked.
+    #[error("cannot start the plugin runtime: {0:#}")]
+    Engine(wasmtime::Error),
+    /// The thread that ticks the epoch (call deadlines) could not be started.
+    #[error("cannot start the plugin runtime: epoch thread: {0}")]
+    EpochThread(#[source] std::io::Error),
+}
 
 impl Runtime {
     /// Starts the engine with the default [`RuntimeLimits`], its epoch ticker and the
@@ -187,16 +193,14 @@ impl Runtime {
 
     /// Starts the engine with `limits`, its epoch ticker and the sandbox's linker.
     pub fn with_limits(limits: RuntimeLimits) -> Result<Runtime, RuntimeError> {
-        let engine = engine::build_engine(limits.max_instances)
-            .map_err(|err| RuntimeError(format!("{err:#}")))?;
+        let engine = engine::build_engine(limits.max_instances).map_err(RuntimeError::Engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| {
                 bindings::PluginWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |store| store)
             })
-            .map_err(|err| RuntimeError(format!("{err:#}")))?;
-        engine::start_epoch_ticker(&engine)
-            .map_err(|err| RuntimeError(format!("epoch thread: {err}")))?;
+            .map_err(RuntimeError::Engine)?;
+        engine::start_epoch_ticker(&engine).map_err(RuntimeError::EpochThread)?;
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
