@@ -16,7 +16,7 @@ use tollgate_phases::{Phase, PhaseSet, Target};
 
 use crate::exchange::{Context, EarlyResponse, ExchangeState, HandshakeState, ResponseHead};
 use crate::runtime::{
-    HostCall, PhaseCall, Plugin, PluginError, PluginFault, PluginInstance, Scope, Stage,
+    HostCall, LoadedPlugin, PhaseCall, PluginError, PluginFault, PluginInstance, Stage,
 };
 use crate::tls::{ClientVerify, TlsPolicy};
 
@@ -59,32 +59,23 @@ pub struct CertificateOutcome {
 /// Runs the certificate phase of the plugins that handle it. An error from a fail-closed plugin
 /// aborts the handshake.
 pub async fn run_certificate_phase(
-    plugins: &[Arc<Plugin>],
+    plugins: &[Arc<LoadedPlugin>],
     client_addr: SocketAddr,
     sni: Option<String>,
     recording: Recording,
 ) -> Result<CertificateOutcome, (PluginError, Vec<TraceEntry>)> {
-    let mut state = Box::new(HandshakeState {
+    let mut state = HandshakeState {
         client_addr,
         sni,
         policy: TlsPolicy::default(),
         context: Context::new(),
-    });
+    };
     let mut outcome = CertificateOutcome::default();
     let record = recording == Recording::On;
     for plugin in plugins.iter().filter(|p| p.handles(Phase::Certificate)) {
         let result = match plugin.instantiate(record).await {
             Ok(mut instance) => {
-                let (scope, result) = instance
-                    .call(
-                        PhaseCall::Plain(Phase::Certificate),
-                        Scope::Handshake(state),
-                    )
-                    .await;
-                state = match scope {
-                    Scope::Handshake(state) => state,
-                    _ => unreachable!("the certificate phase lends a handshake scope"),
-                };
+                let result = instance.call_handshake(&mut state).await;
                 if record {
                     outcome.trace.push(trace(
                         plugin,
@@ -131,7 +122,7 @@ fn report_failure(err: &PluginError, client: Option<SocketAddr>) {
 }
 
 fn trace(
-    plugin: &Plugin,
+    plugin: &LoadedPlugin,
     phase: Phase,
     calls: Vec<HostCall>,
     result: &Result<(), PluginError>,
@@ -191,10 +182,10 @@ pub fn plugin_failure_response(err: &PluginError) -> (ResponseHead, Bytes) {
 /// One request's run through the plugin phases.
 #[derive(Debug)]
 pub struct Exchange {
-    plugins: Arc<[Arc<Plugin>]>,
+    plugins: Arc<[Arc<LoadedPlugin>]>,
     instances: Vec<Option<PluginInstance>>,
-    /// Always `Some` except while lent to a plugin call.
-    state: Option<Box<ExchangeState>>,
+    /// Lent to each plugin call by swapping it into the instance's store and back.
+    state: ExchangeState,
     recording: Recording,
     trace: Vec<TraceEntry>,
     failures: Vec<PluginError>,
@@ -202,12 +193,16 @@ pub struct Exchange {
 
 impl Exchange {
     /// Starts a request through `plugins` (already ordered and scoped for its route).
-    pub fn new(plugins: Arc<[Arc<Plugin>]>, state: ExchangeState, recording: Recording) -> Self {
+    pub fn new(
+        plugins: Arc<[Arc<LoadedPlugin>]>,
+        state: ExchangeState,
+        recording: Recording,
+    ) -> Self {
         let instances = plugins.iter().map(|_| None).collect();
         Exchange {
             plugins,
             instances,
-            state: Some(Box::new(state)),
+            state,
             recording,
             trace: Vec::new(),
             failures: Vec::new(),
@@ -216,16 +211,12 @@ impl Exchange {
 
     /// The request's state.
     pub fn state(&self) -> &ExchangeState {
-        self.state
-            .as_ref()
-            .expect("exchange state is lent only during a call")
+        &self.state
     }
 
     /// The request's state, to change from the host side.
     pub fn state_mut(&mut self) -> &mut ExchangeState {
-        self.state
-            .as_mut()
-            .expect("exchange state is lent only during a call")
+        &mut self.state
     }
 
     /// Whether any plugin of the chain handles `phase`.
@@ -252,7 +243,7 @@ impl Exchange {
     /// runs in a request phase. Checked before any plugin runs, so a gateway at capacity
     /// answers 503 at once instead of failing plugin after plugin.
     pub fn admit(&self) -> Result<(), PluginError> {
-        let needing: Vec<&Arc<Plugin>> = self
+        let needing: Vec<&Arc<LoadedPlugin>> = self
             .plugins
             .iter()
             .filter(|plugin| plugin.phases().intersects(PhaseSet::REQUEST))
@@ -362,12 +353,8 @@ impl Exchange {
     }
 
     /// The request's final state, trace and failures.
-    pub fn finish(mut self) -> (ExchangeState, Vec<TraceEntry>, Vec<PluginError>) {
-        let state = *self
-            .state
-            .take()
-            .expect("exchange state is lent only during a call");
-        (state, self.trace, self.failures)
+    pub fn finish(self) -> (ExchangeState, Vec<TraceEntry>, Vec<PluginError>) {
+        (self.state, self.trace, self.failures)
     }
 
     async fn run(
@@ -428,15 +415,7 @@ impl Exchange {
             },
             None => PhaseCall::Plain(phase),
         };
-        let state = self
-            .state
-            .take()
-            .expect("exchange state is lent only during a call");
-        let (scope, result) = instance.call(call, Scope::Exchange(state)).await;
-        self.state = Some(match scope {
-            Scope::Exchange(state) => state,
-            _ => unreachable!("request phases lend an exchange scope"),
-        });
+        let result = instance.call_exchange(call, &mut self.state).await;
         if record {
             self.trace
                 .push(trace(&plugin, phase, instance.take_calls(), &result));

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tollgate::exchange::{ConnectionFacts, RequestHead, TlsSession};
 use tollgate::pipeline::{Recording, run_certificate_phase};
-use tollgate::runtime::{Plugin, PluginSpec};
+use tollgate::runtime::{LoadedPlugin, PluginSpec};
 use tollgate::tls::ClientVerify;
 use tollgate_tests::examples_support::{cert, pem_for_toml, plugin_path};
 use tollgate_tests::{client_addr, exchange, get, load_spec, run_request_phases};
@@ -30,7 +30,7 @@ fn spec(example: &str, config: serde_json::Value) -> PluginSpec {
 }
 
 /// The plugins benched, with realistic configurations.
-fn plugins(rt: &tokio::runtime::Runtime) -> Vec<(&'static str, Arc<Plugin>)> {
+fn plugins(rt: &tokio::runtime::Runtime) -> Vec<(&'static str, Arc<LoadedPlugin>)> {
     let ca = pem_for_toml(&cert("mtls-auth", "ca-bundle.pem"));
     let specs = [
         (
@@ -147,7 +147,7 @@ fn request_phases(c: &mut Criterion) {
 }
 
 /// Resident memory added per live instance (RSS delta over 16 instances held at once).
-fn instance_memory(rt: &tokio::runtime::Runtime, plugins: &[(&'static str, Arc<Plugin>)]) {
+fn instance_memory(rt: &tokio::runtime::Runtime, plugins: &[(&'static str, Arc<LoadedPlugin>)]) {
     const HELD: usize = 16;
     for (name, plugin) in plugins {
         // One first, so one-time costs (lazy initialization, page tables) are not counted.

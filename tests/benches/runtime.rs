@@ -9,7 +9,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tollgate::Phase;
 use tollgate::exchange::ExchangeState;
-use tollgate::runtime::{PhaseCall, Plugin, Scope, componentize};
+use tollgate::runtime::{LoadedPlugin, PhaseCall, componentize};
 use tollgate::tls::ClientVerify;
 use tollgate_tests::{TestPki, get, guests, load, runtime, tls_connection};
 
@@ -17,7 +17,7 @@ fn block_on<F: std::future::Future>(rt: &tokio::runtime::Runtime, future: F) -> 
     rt.block_on(future)
 }
 
-fn chain_reader(rt: &tokio::runtime::Runtime) -> Arc<Plugin> {
+fn chain_reader(rt: &tokio::runtime::Runtime) -> Arc<LoadedPlugin> {
     block_on(
         rt,
         load(
@@ -62,19 +62,14 @@ fn phase_call(c: &mut Criterion) {
     let chain = TestPki::new().client_chain_pem();
     let connection = tls_connection(Some(chain), ClientVerify::Success);
     let mut instance = block_on(&rt, plugin.instantiate(false)).expect("instantiates");
-    let mut scope = Scope::Exchange(Box::new(ExchangeState::new(
-        connection,
-        get("/", &[]),
-        Default::default(),
-    )));
+    let mut state = ExchangeState::new(connection, get("/", &[]), Default::default());
     c.bench_function("access_call_reading_the_chain", |b| {
         b.iter(|| {
-            let (back, result) = block_on(
+            block_on(
                 &rt,
-                instance.call(PhaseCall::Plain(Phase::Access), std::mem::take(&mut scope)),
-            );
-            result.expect("phase runs");
-            scope = back;
+                instance.call_exchange(PhaseCall::Plain(Phase::Access), &mut state),
+            )
+            .expect("phase runs");
         })
     });
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tollgate::runtime::Plugin;
+use tollgate::runtime::LoadedPlugin;
 use tollgate::testing::{Harness, Scenario, ScenarioReport};
 
 use crate::pki::PkiFiles;
@@ -105,8 +105,8 @@ pub fn harness() -> Harness {
 }
 
 /// `tls-handshake-modifier` with `snis = ["*"]`, loaded once per process.
-pub async fn handshake_modifier() -> Arc<Plugin> {
-    static PLUGIN: tokio::sync::OnceCell<Arc<Plugin>> = tokio::sync::OnceCell::const_new();
+pub async fn handshake_modifier() -> Arc<LoadedPlugin> {
+    static PLUGIN: tokio::sync::OnceCell<Arc<LoadedPlugin>> = tokio::sync::OnceCell::const_new();
     PLUGIN
         .get_or_init(|| {
             load(

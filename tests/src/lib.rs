@@ -25,7 +25,7 @@ use std::sync::{Arc, OnceLock};
 use tollgate::Phase;
 use tollgate::exchange::{ConnectionFacts, ExchangeState, RequestHead, ResponseHead, TlsSession};
 use tollgate::pipeline::{Exchange, Recording, TraceEntry};
-use tollgate::runtime::{HostCall, Plugin, PluginError, PluginSpec, Runtime};
+use tollgate::runtime::{HostCall, LoadedPlugin, PluginError, PluginSpec, Runtime};
 use tollgate::tls::ClientVerify;
 
 pub use pki::{PkiFiles, TestPki};
@@ -62,12 +62,12 @@ pub fn spec(name: &str, path: &str, config: serde_json::Value) -> PluginSpec {
 }
 
 /// Loads `path` as plugin `name` with `config`; panics with the load error's message.
-pub async fn load(name: &str, path: &str, config: serde_json::Value) -> Arc<Plugin> {
+pub async fn load(name: &str, path: &str, config: serde_json::Value) -> Arc<LoadedPlugin> {
     load_spec(spec(name, path, config)).await
 }
 
 /// Loads a plugin from a full spec; panics with the load error's message.
-pub async fn load_spec(spec: PluginSpec) -> Arc<Plugin> {
+pub async fn load_spec(spec: PluginSpec) -> Arc<LoadedPlugin> {
     let name = spec.name.clone();
     match runtime().load(spec).await {
         Ok(plugin) => plugin,
@@ -122,7 +122,7 @@ pub fn get(path: &str, headers: &[(&str, &str)]) -> RequestHead {
 
 /// A request through `plugins` on `connection`, recording host calls.
 pub fn exchange(
-    plugins: &[Arc<Plugin>],
+    plugins: &[Arc<LoadedPlugin>],
     connection: Arc<ConnectionFacts>,
     request: RequestHead,
 ) -> Exchange {

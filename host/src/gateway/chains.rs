@@ -9,18 +9,18 @@ use std::sync::Arc;
 
 use tollgate_phases::Phase;
 
-use crate::config::PluginScope;
+use crate::config::PluginAttachment;
 use crate::proxy::router::Router;
-use crate::runtime::Plugin;
+use crate::runtime::LoadedPlugin;
 
 /// A request's ordered plugin chain.
-pub type Chain = Arc<[Arc<Plugin>]>;
+pub type Chain = Arc<[Arc<LoadedPlugin>]>;
 
 /// Plugin chains, computed once from the configuration.
 #[derive(Debug)]
 pub struct Chains {
-    /// Every plugin with its scope, in run order.
-    plugins: Vec<(PluginScope, Arc<Plugin>)>,
+    /// Every plugin with what it is attached to, in run order.
+    plugins: Vec<(PluginAttachment, Arc<LoadedPlugin>)>,
     /// The chain of each route, by route name.
     by_route: HashMap<String, Chain>,
     /// Route name → its service name.
@@ -30,13 +30,16 @@ pub struct Chains {
 impl Chains {
     /// Resolves the chains of every route. `plugins` are in run order; `routes` pairs each route
     /// name with its service name.
-    pub fn new(plugins: Vec<(PluginScope, Arc<Plugin>)>, routes: &[(String, String)]) -> Chains {
+    pub fn new(
+        plugins: Vec<(PluginAttachment, Arc<LoadedPlugin>)>,
+        routes: &[(String, String)],
+    ) -> Chains {
         let by_route = routes
             .iter()
             .map(|(route, service)| {
                 let chain: Chain = plugins
                     .iter()
-                    .filter(|(scope, _)| applies(scope, route, service))
+                    .filter(|(attachment, _)| applies(attachment, route, service))
                     .map(|(_, plugin)| plugin.clone())
                     .collect();
                 (route.clone(), chain)
@@ -59,7 +62,7 @@ impl Chains {
 
     /// The plugins that run in the certificate phase for `sni`: global ones, and those of routes
     /// (or their services) whose hosts could match it.
-    pub fn for_sni(&self, router: &Router, sni: Option<&str>) -> Vec<Arc<Plugin>> {
+    pub fn for_sni(&self, router: &Router, sni: Option<&str>) -> Vec<Arc<LoadedPlugin>> {
         let routes: Vec<(&str, &str)> = router
             .routes_for_sni(sni)
             .filter_map(|route| {
@@ -70,21 +73,21 @@ impl Chains {
         self.plugins
             .iter()
             .filter(|(_, plugin)| plugin.handles(Phase::Certificate))
-            .filter(|(scope, _)| match scope {
-                PluginScope::Global => true,
+            .filter(|(attachment, _)| match attachment {
+                PluginAttachment::Global => true,
                 _ => routes
                     .iter()
-                    .any(|(route, service)| applies(scope, route, service)),
+                    .any(|(route, service)| applies(attachment, route, service)),
             })
             .map(|(_, plugin)| plugin.clone())
             .collect()
     }
 }
 
-fn applies(scope: &PluginScope, route: &str, service: &str) -> bool {
-    match scope {
-        PluginScope::Global => true,
-        PluginScope::Route(name) => name == route,
-        PluginScope::Service(name) => name == service,
+fn applies(attachment: &PluginAttachment, route: &str, service: &str) -> bool {
+    match attachment {
+        PluginAttachment::Global => true,
+        PluginAttachment::Route(name) => name == route,
+        PluginAttachment::Service(name) => name == service,
     }
 }

@@ -17,13 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::body::PumpedBody;
-use super::request::{ConnectionScope, handle};
+use super::request::{EstablishedConnection, handle};
 use super::watchdog::{Expiry, GuardedIo, TrackedBody, Watchdog};
 use super::{BoundListener, Shared};
 use crate::config::ClientLimits;
 use crate::exchange::{ConnectionFacts, Context, TlsSession};
 use crate::pipeline::{self, Recording};
-use crate::runtime::{Plugin, PluginError};
+use crate::runtime::{LoadedPlugin, PluginError};
 use crate::tls::{self, ListenerTls};
 
 /// How long a connection the watchdog ends may take to close gracefully (HTTP/2 GOAWAY and the
@@ -33,7 +33,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What every connection of one listener shares.
-struct ListenerScope {
+struct ListenerShared {
     name: String,
     tls: Option<Arc<ListenerTls>>,
     limits: Arc<ClientLimits>,
@@ -82,7 +82,7 @@ pub(super) async fn accept_loop(
         limits,
     } = listener;
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let scope = Arc::new(ListenerScope {
+    let scope = Arc::new(ListenerShared {
         name,
         tls,
         http: http_builder(&limits),
@@ -150,12 +150,12 @@ pub(super) async fn accept_loop(
 struct Connection {
     facts: ConnectionFacts,
     context: Context,
-    certificate_plugins: Vec<Arc<Plugin>>,
+    certificate_plugins: Vec<Arc<LoadedPlugin>>,
 }
 
 async fn serve_tls(
     shared: Arc<Shared>,
-    scope: &ListenerScope,
+    scope: &ListenerShared,
     listener: &ListenerTls,
     tcp: TcpStream,
     peer: SocketAddr,
@@ -200,7 +200,7 @@ async fn serve_tls(
 
 async fn serve_http<I>(
     shared: Arc<Shared>,
-    listener: &ListenerScope,
+    listener: &ListenerShared,
     io: I,
     connection: Connection,
     shutdown: &CancellationToken,
@@ -209,7 +209,7 @@ async fn serve_http<I>(
 {
     let peer = connection.facts.client_addr;
     let watchdog = Watchdog::new(&listener.limits);
-    let scope = Arc::new(ConnectionScope {
+    let scope = Arc::new(EstablishedConnection {
         facts: Arc::new(connection.facts),
         context: connection.context,
         local_port: listener.local_port,

@@ -226,7 +226,7 @@ impl Gateway {
                 fail_open: plugin.fail_open,
             };
             match runtime.load(spec).await {
-                Ok(loaded) => plugins.push((plugin.scope.clone(), loaded)),
+                Ok(loaded) => plugins.push((plugin.attached_to.clone(), loaded)),
                 Err(err) => {
                     let at = config.origins.plugin_field(&plugin.name);
                     problems.add(format!("{at}.{}", plugin_load_field(&err)), err);

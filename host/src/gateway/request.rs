@@ -29,11 +29,11 @@ use crate::proxy::forwarding::{ForwardedFacts, add_forwarded, strip_hop_by_hop, 
 use crate::proxy::path;
 use crate::proxy::router::strip_port;
 use crate::proxy::upstream::{UpstreamConnection, UpstreamError};
-use crate::runtime::Plugin;
+use crate::runtime::LoadedPlugin;
 
 /// What a connection contributes to each of its requests.
 #[derive(Debug)]
-pub struct ConnectionScope {
+pub struct EstablishedConnection {
     /// Facts plugins can read.
     pub facts: Arc<ConnectionFacts>,
     /// The certificate phase's context, seeding every request's.
@@ -41,7 +41,7 @@ pub struct ConnectionScope {
     /// The port the client connected to.
     pub local_port: u16,
     /// The plugins that ran in the certificate phase for the connection's SNI (TLS only).
-    pub certificate_plugins: Vec<Arc<Plugin>>,
+    pub certificate_plugins: Vec<Arc<LoadedPlugin>>,
     /// The listener's deadlines and caps.
     pub limits: Arc<ClientLimits>,
 }
@@ -53,7 +53,7 @@ type ClientBody = RequestBody<Incoming>;
 /// with the response head as soon as that task has it.
 pub async fn handle(
     shared: Arc<Shared>,
-    connection: Arc<ConnectionScope>,
+    connection: Arc<EstablishedConnection>,
     request: Request<Incoming>,
 ) -> Response<PumpedBody> {
     let (mut parts, body) = request.into_parts();
@@ -397,7 +397,7 @@ impl RequestIo for GatewayIo<'_> {
 /// the client must open a connection for that name). Returns the normalized path.
 fn check(
     shared: &Shared,
-    connection: &ConnectionScope,
+    connection: &EstablishedConnection,
     parts: &http::request::Parts,
     body: &Incoming,
     host: Option<&str>,

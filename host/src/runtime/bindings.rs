@@ -7,10 +7,12 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
+// The world's generated `Plugin` and `PluginPre`, renamed so `Plugin` means only the SDK trait.
 pub use self::tollgate::plugin::types::{Error as HostError, LogLevel, Phase as WitPhase};
 pub use self::tollgate::plugin::{
     balancer, client_tls, connection, context, log as plugin_log, request, response, types,
 };
+pub use self::{Plugin as PluginWorld, PluginPre as PluginWorldPre};
 
 /// The WIT package's name and version, as imports and exports spell it.
 pub const WIT_PACKAGE: &str = "tollgate:plugin";

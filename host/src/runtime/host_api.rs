@@ -15,7 +15,7 @@ use super::bindings::{
 };
 use super::engine::MAX_LOG_LINE;
 use super::output::log_line;
-use super::store::{HostCall, PluginStore, Scope};
+use super::store::{HostCall, Lent, PluginStore};
 use crate::exchange::{Context, EarlyResponse, ExchangeState, HandshakeState};
 use crate::tls::{self, TrustAnchors};
 use rustls_pki_types::UnixTime;
@@ -79,24 +79,24 @@ impl PluginStore {
     }
 
     fn handshake(&mut self) -> HostResult<&mut HandshakeState> {
-        match &mut self.scope {
-            Scope::Handshake(state) => Ok(state),
+        match self.lent() {
+            Lent::Handshake(state) => Ok(state),
             _ => Err(invalid("no connection handshake in progress")),
         }
     }
 
     fn exchange(&mut self) -> HostResult<&mut ExchangeState> {
-        match &mut self.scope {
-            Scope::Exchange(state) => Ok(state),
+        match self.lent() {
+            Lent::Exchange(state) => Ok(state),
             _ => Err(invalid("no request in progress")),
         }
     }
 
     fn context(&mut self) -> HostResult<&mut Context> {
-        match &mut self.scope {
-            Scope::Handshake(state) => Ok(&mut state.context),
-            Scope::Exchange(state) => Ok(&mut state.context),
-            Scope::Idle => Err(invalid("no connection or request in progress")),
+        match self.lent() {
+            Lent::Handshake(state) => Ok(&mut state.context),
+            Lent::Exchange(state) => Ok(&mut state.context),
+            Lent::Nothing => Err(invalid("no connection or request in progress")),
         }
     }
 
@@ -287,20 +287,20 @@ fn cached_anchors(pem: &str) -> HostResult<TrustAnchors> {
 impl connection::Host for PluginStore {
     fn sni(&mut self) -> HostResult<Option<String>> {
         self.guarded(HostFunction::Sni, String::new, |store| {
-            Ok(match &store.scope {
-                Scope::Handshake(state) => state.sni.clone(),
-                Scope::Exchange(state) => state.connection.sni.clone(),
-                Scope::Idle => None,
+            Ok(match store.lent() {
+                Lent::Handshake(state) => state.sni.clone(),
+                Lent::Exchange(state) => state.connection.sni.clone(),
+                Lent::Nothing => None,
             })
         })
     }
 
     fn is_tls(&mut self) -> HostResult<bool> {
         self.guarded(HostFunction::IsTls, String::new, |store| {
-            Ok(match &store.scope {
-                Scope::Handshake(_) => true,
-                Scope::Exchange(state) => state.connection.tls.is_some(),
-                Scope::Idle => false,
+            Ok(match store.lent() {
+                Lent::Handshake(_) => true,
+                Lent::Exchange(state) => state.connection.tls.is_some(),
+                Lent::Nothing => false,
             })
         })
     }
@@ -309,10 +309,10 @@ impl connection::Host for PluginStore {
         self.guarded(
             HostFunction::ClientAddress,
             String::new,
-            |store| match &store.scope {
-                Scope::Handshake(state) => Ok(state.client_addr.to_string()),
-                Scope::Exchange(state) => Ok(state.connection.client_addr.to_string()),
-                Scope::Idle => Err(invalid("no connection")),
+            |store| match store.lent() {
+                Lent::Handshake(state) => Ok(state.client_addr.to_string()),
+                Lent::Exchange(state) => Ok(state.connection.client_addr.to_string()),
+                Lent::Nothing => Err(invalid("no connection")),
             },
         )
     }

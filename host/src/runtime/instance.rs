@@ -6,20 +6,21 @@ use std::sync::Arc;
 use tollgate_phases::Phase;
 use wasmtime::{Store, Trap};
 
-use super::Plugin;
+use super::LoadedPlugin;
 use super::bindings::{self, WitPhase};
 use super::capacity::InstanceSlot;
 use super::error::{PluginError, PluginFault, Stage};
 use super::store::{
-    HostCall, InstanceMemory, MemoryRefusal, PluginStore, Scope, begin_call, install_limits,
+    HostCall, InstanceMemory, Lending, MemoryRefusal, PluginStore, begin_call, install_limits,
 };
+use crate::exchange::{ExchangeState, HandshakeState};
 
 /// A plugin instance for one connection's certificate phase or one request's phases. After a
 /// failed call it must not be entered again: callers drop it and make a new one if needed.
 pub struct PluginInstance {
-    plugin: Arc<Plugin>,
+    plugin: Arc<LoadedPlugin>,
     store: Store<PluginStore>,
-    bindings: bindings::Plugin,
+    bindings: bindings::PluginWorld,
     /// The pool slot this instance holds until it is dropped.
     _slot: InstanceSlot,
 }
@@ -57,7 +58,7 @@ impl PhaseCall<'_> {
 
 impl PluginInstance {
     /// Instantiates `plugin` and hands it its configuration.
-    pub async fn new(plugin: Arc<Plugin>, record_calls: bool) -> Result<Self, PluginError> {
+    pub async fn new(plugin: Arc<LoadedPlugin>, record_calls: bool) -> Result<Self, PluginError> {
         let Some(slot) = plugin.capacity.try_slot() else {
             let slots = plugin.capacity.limits().max_instances;
             return Err(plugin.error(Stage::Instantiate, PluginFault::AtCapacity(slots)));
@@ -123,18 +124,38 @@ impl PluginInstance {
         }
     }
 
-    /// Runs one phase handler with `scope` lent to it, and gives `scope` back with the result.
-    pub async fn call(
+    /// Runs the certificate phase with the connection's `state` lent to it.
+    pub async fn call_handshake(&mut self, state: &mut HandshakeState) -> Result<(), PluginError> {
+        let data = self.store.data_mut();
+        data.swap_handshake(state);
+        data.lending = Lending::Handshake;
+        let result = self.call(PhaseCall::Plain(Phase::Certificate)).await;
+        let data = self.store.data_mut();
+        data.lending = Lending::Nothing;
+        data.swap_handshake(state);
+        result
+    }
+
+    /// Runs one request phase handler with the request's `state` lent to it.
+    pub async fn call_exchange(
         &mut self,
         call: PhaseCall<'_>,
-        scope: Scope,
-    ) -> (Scope, Result<(), PluginError>) {
+        state: &mut ExchangeState,
+    ) -> Result<(), PluginError> {
+        let data = self.store.data_mut();
+        data.swap_exchange(state);
+        data.lending = Lending::Exchange;
+        let result = self.call(call).await;
+        let data = self.store.data_mut();
+        data.lending = Lending::Nothing;
+        data.swap_exchange(state);
+        result
+    }
+
+    /// Runs one phase handler on whatever the caller lent.
+    async fn call(&mut self, call: PhaseCall<'_>) -> Result<(), PluginError> {
         let phase = call.phase();
-        {
-            let data = self.store.data_mut();
-            data.phase = Some(phase);
-            data.scope = scope;
-        }
+        self.store.data_mut().phase = Some(phase);
         begin_call(&mut self.store);
         let handler = self.bindings.tollgate_plugin_handler();
         let store = &mut self.store;
@@ -158,16 +179,12 @@ impl PluginInstance {
             }
         };
         self.end_call(Some(phase));
-        let scope = std::mem::take(&mut self.store.data_mut().scope);
         let outcome = match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(PluginFault::Failed(message)),
             Err(err) => Err(classify(&self.store, &self.plugin, err, PluginFault::Trap)),
         };
-        (
-            scope,
-            outcome.map_err(|fault| self.plugin.error(Stage::Phase(phase), fault)),
-        )
+        outcome.map_err(|fault| self.plugin.error(Stage::Phase(phase), fault))
     }
 
     /// Ends a call: gives the slow lane back and says, rate-limited, when the call wrote more
@@ -200,7 +217,7 @@ impl PluginInstance {
 /// Names what stopped a call: the deadline, the memory cap, or another trap.
 fn classify(
     store: &Store<PluginStore>,
-    plugin: &Plugin,
+    plugin: &LoadedPlugin,
     err: wasmtime::Error,
     other: fn(String) -> PluginFault,
 ) -> PluginFault {

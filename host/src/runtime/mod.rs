@@ -38,8 +38,8 @@ pub use self::error::{LoadError, PluginError, PluginFault, Stage};
 pub use self::host_api::NOT_TLS;
 pub use self::instance::{PhaseCall, PluginInstance};
 pub use self::loader::{WasmKind, componentize, wasm_kind};
+pub use self::store::HostCall;
 use self::store::PluginStore;
-pub use self::store::{HostCall, Scope};
 
 /// How to load one plugin: its file, its configuration and its limits.
 #[derive(Debug, Clone)]
@@ -79,7 +79,7 @@ impl PluginSpec {
 }
 
 /// A loaded plugin, ready to be instantiated.
-pub struct Plugin {
+pub struct LoadedPlugin {
     name: Arc<str>,
     path: PathBuf,
     config_json: String,
@@ -87,13 +87,13 @@ pub struct Plugin {
     time_limit: Duration,
     fail_open: bool,
     phases: PhaseSet,
-    pre: bindings::PluginPre<PluginStore>,
+    pre: bindings::PluginWorldPre<PluginStore>,
     capacity: Arc<Capacity>,
 }
 
-impl std::fmt::Debug for Plugin {
+impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin")
+        f.debug_struct("LoadedPlugin")
             .field("name", &self.name)
             .field("path", &self.path)
             .field("phases", &self.phases)
@@ -101,7 +101,7 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
-impl Plugin {
+impl LoadedPlugin {
     /// The instance name.
     pub fn name(&self) -> &str {
         &self.name
@@ -176,8 +176,14 @@ impl std::fmt::Debug for Runtime {
 
 /// The runtime could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot start the plugin runtime: {0}")]
-pub struct RuntimeError(String);
+pub enum RuntimeError {
+    /// The engine could not be built or the sandbox's imports linked.
+    #[error("cannot start the plugin runtime: {0:#}")]
+    Engine(wasmtime::Error),
+    /// The thread that ticks the epoch (call deadlines) could not be started.
+    #[error("cannot start the plugin runtime: epoch thread: {0}")]
+    EpochThread(#[source] std::io::Error),
+}
 
 impl Runtime {
     /// Starts the engine with the default [`RuntimeLimits`], its epoch ticker and the
@@ -188,16 +194,14 @@ impl Runtime {
 
     /// Starts the engine with `limits`, its epoch ticker and the sandbox's linker.
     pub fn with_limits(limits: RuntimeLimits) -> Result<Runtime, RuntimeError> {
-        let engine = engine::build_engine(limits.max_instances)
-            .map_err(|err| RuntimeError(format!("{err:#}")))?;
+        let engine = engine::build_engine(limits.max_instances).map_err(RuntimeError::Engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| {
-                bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |store| store)
+                bindings::PluginWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |store| store)
             })
-            .map_err(|err| RuntimeError(format!("{err:#}")))?;
-        engine::start_epoch_ticker(&engine)
-            .map_err(|err| RuntimeError(format!("epoch thread: {err}")))?;
+            .map_err(RuntimeError::Engine)?;
+        engine::start_epoch_ticker(&engine).map_err(RuntimeError::EpochThread)?;
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
@@ -220,7 +224,7 @@ impl Runtime {
 
     /// Loads a plugin: compiles (or reuses) its component, links it against the sandbox, then
     /// instantiates it once to validate its configuration and learn its phases.
-    pub async fn load(&self, spec: PluginSpec) -> Result<Arc<Plugin>, LoadError> {
+    pub async fn load(&self, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, LoadError> {
         let component = self.component(&spec.path)?;
         let instance_pre = self
             .inner
@@ -230,11 +234,11 @@ impl Runtime {
                 path: spec.path.clone(),
                 reason: format!("{err:#}"),
             })?;
-        let pre = bindings::PluginPre::new(instance_pre).map_err(|err| LoadError::Link {
+        let pre = bindings::PluginWorldPre::new(instance_pre).map_err(|err| LoadError::Link {
             path: spec.path.clone(),
             reason: format!("{err:#}"),
         })?;
-        let plugin = Arc::new(Plugin {
+        let plugin = Arc::new(LoadedPlugin {
             name: spec.name.as_str().into(),
             path: spec.path.clone(),
             config_json: spec.config.to_string(),

@@ -1,8 +1,9 @@
-//! The data of one plugin instance's store: sandboxed WASI, limits, and the state lent for the
-//! current call.
+//! The data of one plugin instance's store: sandboxed WASI, limits, and the slots the caller's
+//! state is lent into for one call.
 
 use std::fmt;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tollgate_phases::Phase;
@@ -14,18 +15,33 @@ use super::capacity::Capacity;
 use super::engine::{MAX_TABLE_ELEMENTS, TABLE_ELEMENT_BYTES};
 use super::output::{OutputBudget, PluginOutput};
 use super::slow_lane::LaneTurn;
-use crate::exchange::{ExchangeState, HandshakeState};
+use crate::exchange::{ConnectionFacts, Context, ExchangeState, HandshakeState, RequestHead};
+use crate::tls::TlsPolicy;
 
-/// The state a call works on, lent by the pipeline for one call and taken back after it.
-#[derive(Debug, Default)]
-pub enum Scope {
-    /// Nothing lent (configure, or between calls).
-    #[default]
-    Idle,
-    /// The certificate phase of a connection.
-    Handshake(Box<HandshakeState>),
+/// What the current call has been lent: set by [`PluginInstance::call_handshake`] and
+/// [`PluginInstance::call_exchange`] for the length of one call.
+///
+/// [`PluginInstance::call_handshake`]: super::PluginInstance::call_handshake
+/// [`PluginInstance::call_exchange`]: super::PluginInstance::call_exchange
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lending {
+    /// Nothing (configure, or between calls).
+    Nothing,
+    /// A connection's certificate phase.
+    Handshake,
     /// A request phase.
-    Exchange(Box<ExchangeState>),
+    Exchange,
+}
+
+/// The state a host function works on, borrowed from the store for that function only.
+#[derive(Debug)]
+pub(super) enum Lent<'a> {
+    /// Nothing is lent.
+    Nothing,
+    /// The certificate phase of a connection.
+    Handshake(&'a mut HandshakeState),
+    /// A request phase.
+    Exchange(&'a mut ExchangeState),
 }
 
 /// One host call a plugin made, as the offline harness reports it.
@@ -155,7 +171,13 @@ pub struct PluginStore {
     pub(super) plugin: Arc<str>,
     /// `None` while `configure` runs.
     pub(super) phase: Option<Phase>,
-    pub(super) scope: Scope,
+    /// Which of the two slots below holds the caller's state for the current call.
+    pub(super) lending: Lending,
+    /// The caller's state is swapped into its slot for one call and swapped back after it, so
+    /// giving it back cannot fail. Outside a call the slots hold vacant states that no host
+    /// function reaches: [`PluginStore::lent`] shows a slot only while it is lent.
+    handshake: HandshakeState,
+    exchange: ExchangeState,
     pub(super) calls: Option<Vec<HostCall>>,
     pub(super) memory: InstanceMemory,
     /// What the plugin may still write in this call.
@@ -200,7 +222,9 @@ impl PluginStore {
         PluginStore {
             plugin,
             phase: None,
-            scope: Scope::Idle,
+            lending: Lending::Nothing,
+            handshake: vacant_handshake(),
+            exchange: vacant_exchange(),
             calls: record_calls.then(Vec::new),
             memory,
             output,
@@ -212,10 +236,52 @@ impl PluginStore {
         }
     }
 
+    /// Swaps `state` with the handshake slot: in before a certificate call, out after it.
+    pub(super) fn swap_handshake(&mut self, state: &mut HandshakeState) {
+        std::mem::swap(&mut self.handshake, state);
+    }
+
+    /// Swaps `state` with the request slot: in before a request phase call, out after it.
+    pub(super) fn swap_exchange(&mut self, state: &mut ExchangeState) {
+        std::mem::swap(&mut self.exchange, state);
+    }
+
+    /// The state lent to the current call, borrowed.
+    pub(super) fn lent(&mut self) -> Lent<'_> {
+        match self.lending {
+            Lending::Nothing => Lent::Nothing,
+            Lending::Handshake => Lent::Handshake(&mut self.handshake),
+            Lending::Exchange => Lent::Exchange(&mut self.exchange),
+        }
+    }
+
     /// Takes the host calls recorded so far.
     pub fn take_calls(&mut self) -> Vec<HostCall> {
         self.calls.as_mut().map(std::mem::take).unwrap_or_default()
     }
+}
+
+/// The handshake slot's content outside a certificate call.
+fn vacant_handshake() -> HandshakeState {
+    HandshakeState {
+        client_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        sni: None,
+        policy: TlsPolicy::default(),
+        context: Context::new(),
+    }
+}
+
+/// The request slot's content outside a request call; its connection is shared by all stores.
+fn vacant_exchange() -> ExchangeState {
+    static VACANT: OnceLock<Arc<ConnectionFacts>> = OnceLock::new();
+    let connection = VACANT.get_or_init(|| {
+        Arc::new(ConnectionFacts {
+            client_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            sni: None,
+            tls: None,
+        })
+    });
+    ExchangeState::new(connection.clone(), RequestHead::default(), Context::new())
 }
 
 impl WasiView for PluginStore {

@@ -20,7 +20,7 @@ use crate::lifecycle::{self, BodyPiece, BoxError, LogDraft, RequestIo, UpstreamR
 use crate::log::{LogEntry, RequestLog, TlsLog};
 use crate::pipeline::{Exchange, Recording, run_certificate_phase};
 use crate::proxy::upstream::UpstreamError;
-use crate::runtime::{LoadError, Plugin, Runtime, RuntimeError};
+use crate::runtime::{LoadError, LoadedPlugin, Runtime, RuntimeError};
 use crate::tls::{TlsPolicy, client_identity, encode_chain};
 
 /// Why a scenario could not be run at all (a failed expectation is not an error).
@@ -59,7 +59,7 @@ impl Harness {
         &self,
         plugin: &Path,
         scenario: &Scenario,
-    ) -> Result<Arc<Plugin>, HarnessError> {
+    ) -> Result<Arc<LoadedPlugin>, HarnessError> {
         Ok(self.runtime.load(scenario.plugin.spec(plugin)).await?)
     }
 
@@ -78,10 +78,10 @@ impl Harness {
     /// `[plugin]` settings are not used: loaded plugins carry their own.
     pub async fn run_plugins(
         &self,
-        plugins: &[Arc<Plugin>],
+        plugins: &[Arc<LoadedPlugin>],
         scenario: &Scenario,
     ) -> ScenarioReport {
-        let chain: Arc<[Arc<Plugin>]> = plugins.iter().cloned().collect();
+        let chain: Arc<[Arc<LoadedPlugin>]> = plugins.iter().cloned().collect();
         let mut connections = Vec::with_capacity(scenario.connections.len());
         for connection in &scenario.connections {
             connections.push(run_connection(&chain, connection).await);
@@ -102,7 +102,7 @@ impl Harness {
 }
 
 async fn run_connection(
-    chain: &Arc<[Arc<Plugin>]>,
+    chain: &Arc<[Arc<LoadedPlugin>]>,
     scenario: &ConnectionScenario,
 ) -> ConnectionReport {
     let mut report = ConnectionReport {

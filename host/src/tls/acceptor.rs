@@ -10,10 +10,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::chain_check::{ClientVerify, TrustAnchors, verify_client_chain};
 use super::listener::ListenerTls;
 use super::names::{cipher_name, protocol_name};
 use super::policy::TlsPolicy;
-use super::verify::{ClientVerify, TrustAnchors, verify_client_chain};
 
 /// What the `certificate` phase sees of the ClientHello.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -58,7 +58,7 @@ pub enum HandshakeError {
     Tls(#[source] rustls::Error),
     /// The `certificate` phase returned an error, which aborts the handshake.
     #[error("certificate phase failed: {0}")]
-    CertificatePhase(String),
+    CertificatePhase(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<io::Error> for HandshakeError {
@@ -92,7 +92,7 @@ pub async fn accept<F, E>(
 ) -> Result<(TlsStream<TcpStream>, TlsFacts), HandshakeError>
 where
     F: AsyncFnOnce(&ClientHelloInfo) -> Result<TlsPolicy, E>,
-    E: std::fmt::Display,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let handshake = async {
         let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
@@ -106,7 +106,7 @@ where
         };
         let policy = certificate_phase(&info)
             .await
-            .map_err(|e| HandshakeError::CertificatePhase(e.to_string()))?;
+            .map_err(|e| HandshakeError::CertificatePhase(e.into()))?;
         let config = listener.config_for(&policy)?;
         let stream = start.into_stream(config).await?;
         Ok::<_, HandshakeError>((stream, info, policy))

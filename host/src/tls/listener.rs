@@ -19,9 +19,9 @@ use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, version};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::chain_check::TrustAnchors;
+use super::client_cert_request::RequestClientCertificate;
 use super::policy::TlsPolicy;
-use super::verifier::RequestClientCertificate;
-use super::verify::TrustAnchors;
 
 /// Sessions kept per server config (per policy) for session-ID resumption.
 const SESSION_CACHE_SIZE: usize = 1024;

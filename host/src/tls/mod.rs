@@ -7,21 +7,21 @@
 //!   and ticket key, and building a config per connection would throw resumption away.
 //! - [`acceptor`]: reads the ClientHello, runs the certificate phase, finishes the handshake under
 //!   the listener's deadline and reports the [`TlsFacts`] the request phases and the log need.
-//! - `verifier` (private): client certificates are *requested, never required*, and chain problems
+//! - `client_cert_request` (private): client certificates are *requested, never required*, and chain problems
 //!   never fail the handshake (only a bad CertificateVerify signature does); the chain is checked
 //!   afterwards by [`verify_client_chain`], which gives nginx/OpenSSL-style `client_verify` values.
-//! - [`verify`]: trust anchors, that chain check, and the `set_client_verify` value rule.
+//! - [`chain_check`]: trust anchors, that chain check, and the `set_client_verify` value rule.
 //! - [`pem`]: PEM in and out; the chain format of `get_full_client_certificate_chain`.
 //! - [`names`]: OpenSSL's names of protocol versions and cipher suites, as logged.
 
 pub mod acceptor;
+pub mod chain_check;
 pub mod listener;
 pub mod names;
 pub mod pem;
 pub mod policy;
-pub mod verify;
 
-mod verifier;
+mod client_cert_request;
 
 #[cfg(test)]
 pub(crate) mod test_pki;
@@ -31,11 +31,11 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 
 pub use acceptor::{ClientHelloInfo, HandshakeError, TlsFacts, accept, client_identity};
+pub use chain_check::{ClientVerify, InvalidClientVerify, TrustAnchors, verify_client_chain};
 pub use listener::{ListenerTls, ServerCertificate, TlsError};
 pub use names::{cipher_name, protocol_name};
 pub use pem::{PemError, encode_chain, parse_certificates, parse_private_key};
 pub use policy::TlsPolicy;
-pub use verify::{ClientVerify, InvalidClientVerify, TrustAnchors, verify_client_chain};
 
 /// The one crypto provider (ring) used by every config, verifier and signature check here.
 ///

@@ -21,7 +21,7 @@ pub enum PemError {
     NoPrivateKey,
     /// The PEM framing or its base64 is broken.
     #[error("malformed PEM: {0}")]
-    Malformed(String),
+    Malformed(#[source] std::io::Error),
     /// A block decoded but is not a usable X.509 certificate (`index` counts from 0).
     #[error("certificate {index} is not a valid X.509 certificate: {reason}")]
     InvalidCertificate {
@@ -59,7 +59,7 @@ pub fn encode_chain(certs: &[CertificateDer<'_>]) -> String {
 pub fn parse_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, PemError> {
     let certs = rustls_pemfile::certs(&mut pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| PemError::Malformed(e.to_string()))?;
+        .map_err(PemError::Malformed)?;
     if certs.is_empty() {
         return Err(PemError::NoCertificate);
     }
@@ -77,7 +77,7 @@ pub fn parse_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, Pem
 /// Parses the first private key (PKCS#8, PKCS#1 or SEC1) in `pem`.
 pub fn parse_private_key(pem: &str) -> Result<PrivateKeyDer<'static>, PemError> {
     rustls_pemfile::private_key(&mut pem.as_bytes())
-        .map_err(|e| PemError::Malformed(e.to_string()))?
+        .map_err(PemError::Malformed)?
         .ok_or(PemError::NoPrivateKey)
 }
 

@@ -1,6 +1,6 @@
 //! What the `certificate` phase decided for one connection.
 
-use super::verify::TrustAnchors;
+use super::chain_check::TrustAnchors;
 
 /// The per-connection TLS choices made by plugins in the `certificate` phase.
 ///

@@ -14,9 +14,9 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 
 use super::*;
+use crate::tls::chain_check::TrustAnchors;
 use crate::tls::listener::ServerCertificate;
 use crate::tls::test_pki::{Pki, key_der};
-use crate::tls::verify::TrustAnchors;
 
 /// A client certificate source that records the CA names each CertificateRequest carried.
 #[derive(Debug)]
@@ -326,7 +326,7 @@ async fn certificate_phase_sees_the_client_hello_and_its_error_aborts() {
     .await;
     assert!(matches!(
         result,
-        Err(HandshakeError::CertificatePhase(ref m)) if m == "plugin trapped"
+        Err(HandshakeError::CertificatePhase(ref err)) if err.to_string() == "plugin trapped"
     ));
     let seen = seen.unwrap();
     assert_eq!(seen.sni.as_deref(), Some("localhost"));
