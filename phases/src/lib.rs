@@ -48,7 +48,7 @@ pub use headers::{
 pub use log_level::LogLevel;
 pub use phases::{HostFunction, Phase, PhaseSet, WrongPhase};
 pub use status::{STATUS_RANGE, check_status};
-pub use target::{InvalidTarget, Target, TargetProblem};
+pub use target::{InvalidTarget, Target, TargetProblem, is_hostname};
 
 /// Checks the arguments of `response.exit` in the gateway's order: status, body, the head's
 /// size, then each header.

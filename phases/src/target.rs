@@ -74,8 +74,9 @@ impl Target {
     }
 }
 
-/// A DNS name of letters, digits, `-` and `_` (which also covers IPv4 addresses).
-fn is_hostname(name: &str) -> bool {
+/// A DNS name of letters, digits, `-` and `_` (which also covers IPv4 addresses): the rule for a
+/// target's host, and for the config's SNI and Host patterns.
+pub fn is_hostname(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|label| {
