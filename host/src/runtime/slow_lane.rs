@@ -1,8 +1,8 @@
 //! Long-running plugin calls share one slow lane, so a plugin that loops cannot take the CPU from
 //! healthy requests.
 //!
-//! Real plugin calls take microseconds. A call still running at its first epoch tick is treated
-//! as long-running: from then on it runs one tick at a time while holding the process's single
+//! Real plugin calls take microseconds. A call still running at an epoch tick at least
+//! [`LONG_CALL`] after it started is treated as long-running: from then on it runs one tick at a time while holding the process's single
 //! lane, and after each tick it rests [`REST`] still holding it. All long-running calls together
 //! therefore get at most one tick of one core per tick + [`REST`] (about 5% of a core), however
 //! many there are. Their time limits still run in wall time: waiting for the lane ends at the
@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::engine::EPOCH_TICK;
+
+/// How long a call must have been running before it counts as long-running. Epoch ticks are
+/// process-wide, so a call meets its first one anywhere from 0 to one tick after it starts; the
+/// next one comes a full tick later.
+pub const LONG_CALL: Duration = Duration::from_millis(1);
 
 /// How long a long-running call rests, holding the lane, after each tick it ran.
 pub const REST: Duration = Duration::from_millis(19 * EPOCH_TICK.as_millis() as u64);

@@ -14,7 +14,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::capacity::Capacity;
 use super::engine::{MAX_TABLE_ELEMENTS, TABLE_ELEMENT_BYTES};
 use super::output::{OutputBudget, PluginOutput};
-use super::slow_lane::LaneTurn;
+use super::slow_lane::{LONG_CALL, LaneTurn};
 use crate::exchange::{ConnectionFacts, Context, ExchangeState, HandshakeState, RequestHead};
 use crate::tls::TlsPolicy;
 
@@ -302,8 +302,12 @@ pub fn install_limits(store: &mut Store<PluginStore>) {
     store.epoch_deadline_callback(|store| {
         let data = store.data();
         let deadline = data.call_started + data.time_limit;
-        Ok(if Instant::now() >= deadline {
+        let now = Instant::now();
+        Ok(if now >= deadline {
             UpdateDeadline::Interrupt
+        } else if now < data.call_started + LONG_CALL {
+            // Ticks are process-wide: a short call may meet one moments after it started.
+            UpdateDeadline::Yield(1)
         } else {
             UpdateDeadline::YieldCustom(1, data.lane_turn.next(deadline))
         })

@@ -5,7 +5,7 @@
 //! - `loop` spins forever (the call deadline must stop it);
 //! - `grow` allocates and touches 1 MiB after 1 MiB without end (the memory cap must stop it);
 //! - `trap` panics, which in wasm ends in an `unreachable` trap;
-//! - `flood` writes 20,000 log lines, each with embedded newlines that try to forge host log
+//! - `flood` writes 5,000 log lines, each with embedded newlines that try to forge host log
 //!   lines, through the log API and to stderr (the per-call output cap must hold it);
 //! - `headers` sets 30,000 distinct request headers (the host must refuse past its bound, not
 //!   panic), then answers 200 with the host's refusal message as the body;
@@ -119,7 +119,7 @@ fn spin() -> ! {
 }
 
 fn flood() {
-    for line in 0..20_000 {
+    for line in 0..5_000 {
         let forged = format!(
             "flood {line}\n2026-01-01T00:00:00Z  INFO tollgate: forged line {line}\r\u{1b}[2K"
         );
