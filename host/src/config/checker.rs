@@ -240,22 +240,27 @@ impl Checker<'_> {
                 other.type_str()
             )),
         };
-        match parsed {
-            Ok(d) if d >= min && d <= max => d,
-            Ok(_) => {
-                let message = format!(
-                    "must be between {} and {}",
-                    format_duration(min),
-                    format_duration(max)
-                );
-                self.problem(value.span().start, field, message);
-                default
-            }
-            Err(message) => {
-                self.problem(value.span().start, field, message);
-                default
-            }
-        }
+        self.within(value, field, parsed, default, (min, max), format_duration)
+    }
+
+    /// `parsed` when it lies within `min..=max`; otherwise a problem at `value` (written with
+    /// `show`) and `default`.
+    fn within<T: PartialOrd + Copy>(
+        &mut self,
+        value: &Spanned<toml::Value>,
+        field: &str,
+        parsed: Result<T, String>,
+        default: T,
+        (min, max): (T, T),
+        show: fn(T) -> String,
+    ) -> T {
+        let message = match parsed {
+            Ok(parsed) if parsed >= min && parsed <= max => return parsed,
+            Ok(_) => format!("must be between {} and {}", show(min), show(max)),
+            Err(message) => message,
+        };
+        self.problem(value.span().start, field, message);
+        default
     }
 
     pub(super) fn memory(&mut self, value: &Field<toml::Value>, field: &str) -> usize {
@@ -289,22 +294,7 @@ impl Checker<'_> {
                 other.type_str()
             )),
         };
-        match parsed {
-            Ok(bytes) if (min..=max).contains(&bytes) => bytes,
-            Ok(_) => {
-                let message = format!(
-                    "must be between {} and {}",
-                    format_size(min),
-                    format_size(max)
-                );
-                self.problem(value.span().start, field, message);
-                default
-            }
-            Err(message) => {
-                self.problem(value.span().start, field, message);
-                default
-            }
-        }
+        self.within(value, field, parsed, default, (min, max), format_size)
     }
 
     /// A whole number within `min..=max`.
