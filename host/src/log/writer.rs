@@ -234,8 +234,9 @@ impl Gathered {
 }
 
 /// Writes queued lines in order, one batch (up to [`MAX_BATCH`] lines, or what is queued
-/// within [`LINGER`] of the first) per write; answers flush requests once what preceded them is written; reopens the output on a
-/// [`Command::Reopen`] or on `reopen_signal`. Ends when every sender is gone.
+/// within [`LINGER`] of the first) per write; answers flush requests once what preceded them
+/// is written; reopens the output on a [`Command::Reopen`] or on `reopen_signal`. Ends when
+/// every sender is gone.
 pub(super) async fn run(
     mut commands: mpsc::Receiver<Command>,
     mut output: LineWriter,
