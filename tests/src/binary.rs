@@ -130,9 +130,10 @@ impl Tollgate {
     pub fn run_with(dir: &Path, config: &str, env: &[(&str, &str)]) -> Tollgate {
         let path = dir.join("tollgate.toml");
         std::fs::write(&path, config).expect("config written");
+        // Each listener says "listening", and so does the admin listener.
         let listeners = config
             .lines()
-            .filter(|line| line.trim() == "[[listeners]]")
+            .filter(|line| matches!(line.trim(), "[[listeners]]" | "[admin]"))
             .count();
         let mut command = Command::new(tollgate_binary());
         command

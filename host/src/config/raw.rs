@@ -20,6 +20,12 @@ pub(super) struct RawRuntime {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) address: Field<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawListener {
     pub(super) name: Field<String>,
     pub(super) address: Field<String>,
@@ -97,6 +103,9 @@ pub(super) struct Element<T> {
 pub(super) struct RawConfig {
     pub(super) trusted_ips: Option<Vec<Spanned<String>>>,
     pub(super) strip_client_headers: Option<Vec<Spanned<String>>>,
+    pub(super) pid_file: Option<Spanned<String>>,
+    pub(super) drain_timeout: Field<toml::Value>,
+    pub(super) admin: Option<(RawAdmin, Range<usize>)>,
     pub(super) access_log: Option<(RawAccessLog, Range<usize>)>,
     pub(super) runtime: Option<RawRuntime>,
     pub(super) listeners: Option<(Vec<Element<RawListener>>, Range<usize>)>,
@@ -105,5 +114,6 @@ pub(super) struct RawConfig {
     pub(super) plugins: Vec<Element<RawPlugin>>,
 }
 
-pub(super) const SECTIONS: &str = "`trusted_ips`, `strip_client_headers`, `access_log`, `runtime`, \
-                        `listeners`, `services`, `routes`, `plugins`";
+pub(super) const SECTIONS: &str = "`trusted_ips`, `strip_client_headers`, `pid_file`, \
+                        `drain_timeout`, `admin`, `access_log`, `runtime`, `listeners`, \
+                        `services`, `routes`, `plugins`";

@@ -12,6 +12,13 @@ pub struct Config {
     /// Lower-case header names removed from every client request before plugins run; a trailing
     /// `*` matches any suffix.
     pub strip_client_headers: Vec<String>,
+    /// Where `tollgate run` writes its process id (for `tollgate reload`); absolute.
+    pub pid_file: Option<PathBuf>,
+    /// How long in-flight requests may take to finish after a shutdown signal, and how long a
+    /// listener removed by a reload keeps its connections.
+    pub drain_timeout: Duration,
+    /// The admin listener (`/status`, `/metrics`, `/reload`); off when absent.
+    pub admin: Option<AdminConfig>,
     /// Where access log lines go.
     pub access_log: AccessLogTarget,
     /// At least one listener, in file order.
@@ -26,6 +33,13 @@ pub struct Config {
     pub runtime: RuntimeLimits,
     /// Where each field sits in the file, for problems found after parsing.
     pub origins: Origins,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address to bind (plaintext HTTP/1.1; keep it on loopback or a private network).
+    pub address: SocketAddr,
 }
 
 /// Destination of the access log.
