@@ -336,7 +336,6 @@ impl RouteMeter {
         self.duration.observe(took.as_secs_f64());
         if let Some(ms) = upstream_ms {
             // Millisecond values: exact in f64.
-            #[allow(clippy::cast_precision_loss)]
             self.upstream.observe(ms as f64 / 1000.0);
         }
     }

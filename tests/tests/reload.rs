@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -186,7 +186,7 @@ async fn reloads_under_load_drop_nothing_and_switch_behaviour() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path();
     std::fs::create_dir(path.join("pki")).expect("pki dir");
-    let mut pki = TestPki::new().write(&path.join("pki")).expect("pki");
+    TestPki::new().write(&path.join("pki")).expect("pki");
     std::fs::copy(guests::SCRIPTED, path.join("plugin.wasm")).expect("plugin copied");
     let gateway = tokio::task::block_in_place(|| Tollgate::run(path, &config(echo, 1, false, "")));
     let http = gateway.addr("http");
@@ -236,7 +236,7 @@ async fn reloads_under_load_drop_nothing_and_switch_behaviour() {
             guests::SCRIPTED
         };
         std::fs::copy(swapped, path.join("plugin.wasm")).expect("plugin copied");
-        pki = TestPki::new().write(&path.join("pki")).expect("pki");
+        let pki = TestPki::new().write(&path.join("pki")).expect("pki");
         std::fs::write(&gateway.config, config(echo, generation, even, ""))
             .expect("config written");
         if generation == 3 {

@@ -43,6 +43,7 @@ pub(super) struct RawListener {
     pub(super) http2_ping_interval: Field<toml::Value>,
     pub(super) http2_ping_timeout: Field<toml::Value>,
     pub(super) client_ca: Field<String>,
+    pub(super) session_ticket_keys: Field<Vec<Spanned<String>>>,
     pub(super) certificates: Option<Vec<Spanned<RawCertificate>>>,
 }
 

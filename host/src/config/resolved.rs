@@ -64,6 +64,9 @@ pub struct ListenerConfig {
     pub limits: ClientLimits,
     /// PEM trust anchors for `client_verify`, absolute path.
     pub client_ca: Option<PathBuf>,
+    /// Session-ticket key files (nginx `ssl_session_ticket_key` format), absolute paths: the
+    /// first key encrypts, all decrypt. Empty: random keys of this process.
+    pub session_ticket_keys: Vec<PathBuf>,
     /// Server certificates; empty means a plaintext listener.
     pub certificates: Vec<CertificateConfig>,
 }

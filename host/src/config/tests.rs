@@ -132,6 +132,7 @@ fn full_example_resolves_to_expected_structures() {
                     ..ClientLimits::default()
                 },
                 client_ca: Some(d.join("certs/ca.pem")),
+                session_ticket_keys: vec![],
                 certificates: vec![
                     CertificateConfig {
                         cert: d.join("certs/api.pem"),
@@ -151,6 +152,7 @@ fn full_example_resolves_to_expected_structures() {
                 handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
                 limits: ClientLimits::default(),
                 client_ca: None,
+                session_ticket_keys: vec![],
                 certificates: vec![],
             },
         ]

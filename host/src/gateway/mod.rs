@@ -33,7 +33,7 @@ use crate::proxy::forwarding::ClientHeaderPolicy;
 use crate::proxy::router::{Route, Router};
 use crate::proxy::upstream::{Upstream, UpstreamSettings};
 use crate::runtime::{LoadError, PluginFault, PluginSpec, Runtime};
-use crate::tls::{self, ListenerTls, ServerCertificate, TlsError, TrustAnchors};
+use crate::tls::{self, ListenerTls, ServerCertificate, TicketKeys, TlsError, TrustAnchors};
 
 pub use admin::{Health, Phase as HealthPhase};
 pub use capacity_report::{RouteCapacity, human_bytes};
@@ -197,12 +197,30 @@ fn listener_tls(
     if certificates.len() < listener.certificates.len() {
         return None;
     }
+    let mut ticket_keys = TicketKeys::default();
+    let mut keys_read = true;
+    for (index, path) in listener.session_ticket_keys.iter().enumerate() {
+        let field = format!("{at}.session_ticket_keys[{index}]");
+        // Secrets: read as bytes, never echoed into a message.
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                if let Err(err) = ticket_keys.add_file(&bytes) {
+                    problems.add(field, format!("{}: {err}", path.display()));
+                    keys_read = false;
+                }
+            }
+            Err(err) => {
+                problems.add(field, format!("cannot read {}: {err}", path.display()));
+                keys_read = false;
+            }
+        }
+    }
     match ListenerTls::new(
         certificates,
         client_ca.flatten(),
         listener.handshake_timeout,
     ) {
-        Ok(tls) => ca_read.then_some(tls),
+        Ok(tls) => (ca_read && keys_read).then(|| tls.with_ticket_keys(ticket_keys)),
         Err(TlsError::InvalidKey { index, source }) => {
             let certificate = &listener.certificates[index];
             problems.add(

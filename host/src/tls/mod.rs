@@ -20,6 +20,7 @@ pub mod listener;
 pub mod names;
 pub mod pem;
 pub mod policy;
+pub mod tickets;
 
 mod client_cert_request;
 
@@ -36,6 +37,7 @@ pub use listener::{ListenerTls, ServerCertificate, TlsError};
 pub use names::{cipher_name, protocol_name};
 pub use pem::{PemError, encode_chain, parse_certificates, parse_private_key};
 pub use policy::TlsPolicy;
+pub use tickets::{TicketKeyError, TicketKeys};
 
 /// The one crypto provider (ring) used by every config, verifier and signature check here.
 ///
