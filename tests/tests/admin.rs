@@ -444,3 +444,41 @@ async fn status_reload_and_metrics_after_known_traffic() {
     );
     gateway.signal("TERM");
 }
+
+/// With `cert`, `key` and `client_ca`, the admin listener speaks TLS and refuses a client
+/// without a certificate.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_over_tls_requires_a_client_certificate() {
+    let echo = echo().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path();
+    std::fs::create_dir(path.join("pki")).expect("pki dir");
+    let pki = TestPki::new().write(&path.join("pki")).expect("pki");
+    let config = config(echo, closed_port(), "").replace(
+        "[admin]\naddress = \"127.0.0.1:0\"\n",
+        "[admin]\naddress = \"127.0.0.1:0\"\ncert = \"pki/server.pem\"\nkey = \"pki/server.key\"\n\
+         client_ca = \"pki/ca-bundle.pem\"\n",
+    );
+    assert!(config.contains("client_ca = \"pki/ca-bundle.pem\"\n\n[[listeners]]"));
+    let gateway = tokio::task::block_in_place(|| Tollgate::run(path, &config));
+    let admin_addr = gateway.addr("admin");
+    let with_cert = curl(
+        &pki,
+        admin_addr,
+        "/status",
+        &[
+            "--cert",
+            &pki.client_chain.display().to_string(),
+            "--key",
+            &pki.client_key.display().to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(with_cert.code, Some(0), "{}", with_cert.all());
+    assert!(with_cert.stdout.contains("\"ready\":true"), "{}", with_cert.all());
+    let without = curl(&pki, admin_addr, "/status", &[]).await;
+    assert_ne!(without.code, Some(0), "no certificate, no answer: {}", without.all());
+    assert!(!without.stdout.contains("ready"));
+    // Plaintext is not answered either.
+    assert!(plain_get(admin_addr, "localhost", "/status").await.is_err());
+}

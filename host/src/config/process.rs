@@ -68,9 +68,28 @@ impl Checker<'_> {
     }
 
     pub(super) fn admin(&mut self, raw: &RawAdmin, span: &Range<usize>) -> Option<AdminConfig> {
+        let files = [
+            (&raw.cert, "admin.cert"),
+            (&raw.key, "admin.key"),
+            (&raw.client_ca, "admin.client_ca"),
+        ];
+        let tls = if files.iter().any(|(value, _)| value.is_some()) {
+            // TLS here always requires client certificates: all three or none.
+            let [cert, key, client_ca] = files.map(|(value, field)| {
+                self.required(value, field, span)
+                    .map(|path| self.file(path, field))
+            });
+            Some(AdminTls {
+                cert: cert?,
+                key: key?,
+                client_ca: client_ca?,
+            })
+        } else {
+            None
+        };
         let address = self.required(&raw.address, "admin.address", span)?;
         match address.get_ref().parse::<SocketAddr>() {
-            Ok(address) => Some(AdminConfig { address }),
+            Ok(address) => Some(AdminConfig { address, tls }),
             Err(_) => {
                 let message = format!(
                     "invalid address `{}` (expected ip:port, e.g. 127.0.0.1:9901)",

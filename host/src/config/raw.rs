@@ -22,6 +22,9 @@ pub(super) struct RawRuntime {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub(super) address: Field<String>,
+    pub(super) cert: Field<String>,
+    pub(super) key: Field<String>,
+    pub(super) client_ca: Field<String>,
 }
 
 #[derive(Deserialize)]

@@ -38,8 +38,22 @@ pub struct Config {
 /// The admin listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
-    /// Address to bind (plaintext HTTP/1.1; keep it on loopback or a private network).
+    /// Address to bind (HTTP/1.1; keep it on loopback or a private network).
     pub address: SocketAddr,
+    /// TLS with required client certificates; plaintext when absent.
+    pub tls: Option<AdminTls>,
+}
+
+/// The admin listener's TLS: its certificate, and the CA its clients' certificates must chain
+/// to (a client without one is refused in the handshake).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    /// PEM chain, absolute path.
+    pub cert: PathBuf,
+    /// PEM key, absolute path.
+    pub key: PathBuf,
+    /// PEM trust anchors for client certificates, absolute path.
+    pub client_ca: PathBuf,
 }
 
 /// Destination of the access log.

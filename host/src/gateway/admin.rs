@@ -99,8 +99,15 @@ pub(super) struct Admin {
     pub(super) reloads: Option<ReloadHandle>,
 }
 
-/// Serves the admin API on `socket` until `stop`.
-pub(super) async fn serve(admin: Admin, socket: TcpListener, stop: CancellationToken) {
+/// Serves the admin API on `socket` until `stop`, over TLS with required client certificates
+/// when `tls` is given.
+pub(super) async fn serve(
+    admin: Admin,
+    socket: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stop: CancellationToken,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let tcp = tokio::select! {
             () = stop.cancelled() => return,
@@ -115,22 +122,44 @@ pub(super) async fn serve(admin: Admin, socket: TcpListener, stop: CancellationT
         };
         let admin = admin.clone();
         let stop = stop.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.answer(request).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            match acceptor {
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(ADMIN_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    match handshake.await {
+                        Ok(Ok(stream)) => serve_connection(admin, stream, stop).await,
+                        Ok(Err(err)) => tracing::debug!(%err, "admin: TLS handshake failed"),
+                        Err(_) => tracing::debug!("admin: TLS handshake timed out"),
+                    }
                 }
+                None => serve_connection(admin, tcp, stop).await,
             }
         });
+    }
+}
+
+/// How long an admin client may take over its TLS handshake.
+const ADMIN_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn serve_connection<I>(admin: Admin, io: I, stop: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let admin = admin.clone();
+        async move { Ok::<_, Infallible>(admin.answer(request).await) }
+    });
+    let connection =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
     }
 }
 

@@ -113,8 +113,8 @@ pub struct Gateway {
     config: Config,
     version: ConfigVersion,
     runtime: Runtime,
-    /// The admin listener, when configured.
-    admin: Option<TcpListener>,
+    /// The admin listener, when configured, and its TLS.
+    admin: Option<(TcpListener, Option<Arc<rustls::ServerConfig>>)>,
 }
 
 /// The problems found while preparing, each placed at its field in the config file.
@@ -244,6 +244,23 @@ fn listener_tls(
     }
 }
 
+/// The admin listener's TLS config (client certificates required).
+fn admin_tls(
+    tls: &crate::config::AdminTls,
+    problems: &mut Problems<'_>,
+) -> Option<Arc<rustls::ServerConfig>> {
+    let chain = problems.pem(&tls.cert, "admin.cert", tls::parse_certificates);
+    let key = problems.pem(&tls.key, "admin.key", tls::parse_private_key);
+    let client_ca = problems.pem(&tls.client_ca, "admin.client_ca", TrustAnchors::from_pem);
+    match tls::mutual_tls_config(chain?, key?, &client_ca?) {
+        Ok(config) => Some(config),
+        Err(err) => {
+            problems.add("admin.key", format!("{}: {err}", tls.key.display()));
+            None
+        }
+    }
+}
+
 /// The config field a plugin load error is about.
 fn plugin_load_field(err: &LoadError) -> &'static str {
     match err {
@@ -326,6 +343,11 @@ impl Gateway {
                 Err(err) => problems.add(at, err),
             }
         }
+        let admin_tls = config
+            .admin
+            .as_ref()
+            .and_then(|admin| admin.tls.as_ref())
+            .and_then(|tls| admin_tls(tls, &mut problems));
         problems.into_result()?;
         let service_index = |name: &str| services.iter().position(|s| s.name == name);
         let routes: Vec<Route> = config
@@ -358,6 +380,7 @@ impl Gateway {
             },
             listeners,
             access_log: config.access_log.clone(),
+            admin_tls,
         })
     }
 
@@ -392,7 +415,7 @@ impl Gateway {
         }
         let admin = match &config.admin {
             Some(admin) => match TcpListener::bind(admin.address).await {
-                Ok(socket) => Some(socket),
+                Ok(socket) => Some((socket, prepared.admin_tls.clone())),
                 Err(err) => {
                     problems.add(
                         "admin.address",
@@ -431,7 +454,7 @@ impl Gateway {
 
     /// The admin listener's bound address, when configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref()?.local_addr().ok()
+        self.admin.as_ref()?.0.local_addr().ok()
     }
 
     /// The version of the config running now.
@@ -562,6 +585,7 @@ pub struct Prepared {
     parts: SharedParts,
     listeners: Vec<(ListenerConfig, Option<Arc<ListenerTls>>)>,
     access_log: crate::config::AccessLogTarget,
+    admin_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

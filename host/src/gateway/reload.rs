@@ -126,7 +126,7 @@ impl Serving {
         reloads: Option<ReloadRequests>,
     ) -> Serving {
         let health = Arc::new(Health::new(gateway.version.clone()));
-        if let Some(socket) = gateway.admin {
+        if let Some((socket, tls)) = gateway.admin {
             let metrics = metrics::enable();
             metrics.watch_capacity(gateway.runtime.capacity().clone());
             let admin = Admin {
@@ -135,10 +135,10 @@ impl Serving {
                 reloads: reloads.as_ref().map(|r| r.handle.clone()),
             };
             if let Ok(addr) = socket.local_addr() {
-                tracing::info!(listener = "admin", %addr, "listening");
+                tracing::info!(listener = %"admin", %addr, "listening");
             }
             // Still answering while the gateway drains, so probes see it is not ready.
-            tokio::spawn(admin::serve(admin, socket, CancellationToken::new()));
+            tokio::spawn(admin::serve(admin, socket, tls, CancellationToken::new()));
         }
         let mut serving = Serving {
             current: gateway.current,

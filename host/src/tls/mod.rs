@@ -43,6 +43,26 @@ pub use tickets::{TicketKeyError, TicketKeys};
 ///
 /// Kept local rather than installed as the process default so this module never depends on
 /// start-up order.
+/// A server config that requires a client certificate chaining to `client_ca` (the admin
+/// listener's TLS).
+pub fn mutual_tls_config(
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+    client_ca: &TrustAnchors,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        client_ca.root_store(),
+        provider(),
+    )
+    .build()
+    .map_err(|err| rustls::Error::General(err.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
 fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
