@@ -475,9 +475,18 @@ async fn admin_over_tls_requires_a_client_certificate() {
     )
     .await;
     assert_eq!(with_cert.code, Some(0), "{}", with_cert.all());
-    assert!(with_cert.stdout.contains("\"ready\":true"), "{}", with_cert.all());
+    assert!(
+        with_cert.stdout.contains("\"ready\":true"),
+        "{}",
+        with_cert.all()
+    );
     let without = curl(&pki, admin_addr, "/status", &[]).await;
-    assert_ne!(without.code, Some(0), "no certificate, no answer: {}", without.all());
+    assert_ne!(
+        without.code,
+        Some(0),
+        "no certificate, no answer: {}",
+        without.all()
+    );
     assert!(!without.stdout.contains("ready"));
     // Plaintext is not answered either.
     assert!(plain_get(admin_addr, "localhost", "/status").await.is_err());

@@ -23,12 +23,11 @@ use crate::metrics::Metrics;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Phase {
-    /// Loading plugins and binding listeners: alive, not ready.
-    Starting = 0,
-    /// Listeners bound and plugins loaded: ready for traffic.
-    Ready = 1,
+    /// Listeners bound and plugins loaded: ready for traffic. (Before that the admin listener
+    /// does not answer.)
+    Ready = 0,
     /// Shutting down, in-flight requests finishing: alive, not ready.
-    Draining = 2,
+    Draining = 1,
 }
 
 /// What `/status` reports; shared by the serving gateway and the admin listener.
@@ -41,7 +40,7 @@ pub struct Health {
 impl Health {
     pub(super) fn new(version: ConfigVersion) -> Health {
         Health {
-            phase: AtomicU8::new(Phase::Starting as u8),
+            phase: AtomicU8::new(Phase::Ready as u8),
             version: ArcSwap::from_pointee(version),
         }
     }
@@ -57,8 +56,7 @@ impl Health {
     /// The current phase.
     pub fn phase(&self) -> Phase {
         match self.phase.load(Ordering::Acquire) {
-            0 => Phase::Starting,
-            1 => Phase::Ready,
+            0 => Phase::Ready,
             _ => Phase::Draining,
         }
     }
@@ -73,7 +71,6 @@ impl Health {
             .map_or(0, |d| d.as_secs());
         let body = serde_json::json!({
             "status": match phase {
-                Phase::Starting => "starting",
                 Phase::Ready => "ready",
                 Phase::Draining => "draining",
             },

@@ -126,20 +126,7 @@ impl Serving {
         reloads: Option<ReloadRequests>,
     ) -> Serving {
         let health = Arc::new(Health::new(gateway.version.clone()));
-        if let Some((socket, tls)) = gateway.admin {
-            let metrics = metrics::enable();
-            metrics.watch_capacity(gateway.runtime.capacity().clone());
-            let admin = Admin {
-                health: health.clone(),
-                metrics,
-                reloads: reloads.as_ref().map(|r| r.handle.clone()),
-            };
-            if let Ok(addr) = socket.local_addr() {
-                tracing::info!(listener = %"admin", %addr, "listening");
-            }
-            // Still answering while the gateway drains, so probes see it is not ready.
-            tokio::spawn(admin::serve(admin, socket, tls, CancellationToken::new()));
-        }
+        let admin_handle = reloads.as_ref().map(|r| r.handle.clone());
         let mut serving = Serving {
             current: gateway.current,
             listeners: Vec::new(),
@@ -156,7 +143,22 @@ impl Serving {
             let running = serving.start_listener(listener);
             serving.listeners.push(running);
         }
-        serving.health.set_phase(Phase::Ready);
+        // The admin listener answers once the gateway serves: every listener bound and every
+        // plugin loaded (a port that does not answer yet is what a starting process looks like).
+        if let Some((socket, tls)) = gateway.admin {
+            let metrics = metrics::enable();
+            metrics.watch_capacity(serving.runtime.capacity().clone());
+            let admin = Admin {
+                health: serving.health.clone(),
+                metrics,
+                reloads: admin_handle,
+            };
+            if let Ok(addr) = socket.local_addr() {
+                tracing::info!(listener = %"admin", %addr, "listening");
+            }
+            // Still answering while the gateway drains, so probes see it is not ready.
+            tokio::spawn(admin::serve(admin, socket, tls, CancellationToken::new()));
+        }
         serving
     }
 
