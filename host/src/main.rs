@@ -128,7 +128,7 @@ fn report(err: GatewayError) -> anyhow::Result<bool> {
 
 /// Serves until SIGTERM or SIGINT, reloading `config_path` on SIGHUP.
 async fn serve(
-    gateway: Gateway,
+    mut gateway: Gateway,
     config_path: &Path,
     hangups: Hangups,
     pid_file: Option<&Path>,
