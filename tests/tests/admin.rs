@@ -121,9 +121,8 @@ type Sample = (String, BTreeMap<String, String>, f64);
 fn parse_exposition(text: &str) -> Vec<Sample> {
     let mut families = BTreeSet::new();
     let mut samples = Vec::new();
-    let mut lines = text.lines().peekable();
     let mut saw_eof = false;
-    while let Some(line) = lines.next() {
+    for line in text.lines() {
         assert!(!saw_eof, "a line after # EOF: {line}");
         if line == "# EOF" {
             saw_eof = true;

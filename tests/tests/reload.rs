@@ -107,8 +107,11 @@ fn oha(url: &str, args: &[&str], seconds: u64) -> Child {
         .expect("oha runs (scripts/test installs it)")
 }
 
-/// oha's counts by status and by error, its own cut-off at the deadline left out.
-fn oha_result(child: Child) -> (u64, Vec<(String, u64)>, Vec<(String, u64)>) {
+/// Counts by key (a status, an error).
+type Counts = Vec<(String, u64)>;
+
+/// oha's total and counts by status and by error, its own cut-off at the deadline left out.
+fn oha_result(child: Child) -> (u64, Counts, Counts) {
     let output = child.wait_with_output().expect("oha finished");
     let json: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
         panic!(
@@ -117,7 +120,7 @@ fn oha_result(child: Child) -> (u64, Vec<(String, u64)>, Vec<(String, u64)>) {
             String::from_utf8_lossy(&output.stderr)
         )
     });
-    let counts = |value: &Value| -> Vec<(String, u64)> {
+    let counts = |value: &Value| -> Counts {
         value
             .as_object()
             .map(|map| {

@@ -66,7 +66,7 @@ impl TicketKeys {
     pub fn add_file(&mut self, bytes: &[u8]) -> Result<(), TicketKeyError> {
         let size = [80, 48]
             .into_iter()
-            .find(|size| !bytes.is_empty() && bytes.len() % size == 0)
+            .find(|size| !bytes.is_empty() && bytes.len().is_multiple_of(*size))
             .ok_or(TicketKeyError::Length(bytes.len()))?;
         for chunk in bytes.chunks_exact(size) {
             let mut name = [0; NAME_LEN];
