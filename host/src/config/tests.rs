@@ -476,8 +476,8 @@ fn unknown_section_and_nested_unknown_key() {
     assert_eq!(
         lines[1],
         "$DIR/tollgate.toml:7:2: upstreams: unknown section `upstreams`, expected one of \
-             `trusted_ips`, `strip_client_headers`, `access_log`, `runtime`, `listeners`, `services`, \
-             `routes`, `plugins`"
+             `trusted_ips`, `strip_client_headers`, `pid_file`, `drain_timeout`, `admin`, \
+             `access_log`, `runtime`, `listeners`, `services`, `routes`, `plugins`"
     );
 }
 
