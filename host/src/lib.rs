@@ -14,6 +14,7 @@ pub mod exchange;
 pub mod gateway;
 pub mod lifecycle;
 pub mod log;
+pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
 pub mod runtime;

@@ -29,11 +29,25 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the gateway.
+    /// Run the gateway. SIGHUP reloads the config file without dropping connections.
     Run {
         /// The config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Where to write the process id (overrides the config's `pid_file`).
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+    },
+    /// Make a running gateway reload its config file: checks the file, then signals the process
+    /// named by the pid file (SIGHUP). The gateway logs the outcome; on any problem it keeps
+    /// running the config it has.
+    Reload {
+        /// The config file (TOML) the gateway runs from.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The running gateway's pid file (overrides the config's `pid_file`).
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
     },
     /// Validate a config file and load its plugins and certificates, without listening;
     /// prints every problem with file, line and field.
@@ -118,18 +132,87 @@ fn report(err: GatewayError) -> anyhow::Result<bool> {
     }
 }
 
-async fn serve(mut gateway: Gateway) -> anyhow::Result<bool> {
+/// Serves until SIGTERM or SIGINT, reloading `config_path` on SIGHUP.
+async fn serve(
+    mut gateway: Gateway,
+    config_path: &Path,
+    hangups: Hangups,
+    pid_file: Option<&Path>,
+) -> anyhow::Result<bool> {
     gateway.raise_open_file_limit();
     for (name, addr) in gateway.local_addrs() {
         tracing::info!(listener = %name, %addr, "listening");
     }
+    let pid_file = match pid_file {
+        Some(path) => Some(PidFile::write(path)?),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     gateway::cancel_on_signal(shutdown.clone());
-    gateway.serve(shutdown).await;
+    let (reloader, reloads) = gateway::reload_channel(config_path.to_path_buf());
+    hangups.reload_with(reloader);
+    gateway.serve_with_reloads(shutdown, Some(reloads)).await;
+    drop(pid_file);
     Ok(true)
 }
 
-async fn run(path: &Path) -> anyhow::Result<bool> {
+/// SIGHUP, listened for from the start so that an early one cannot end the process (its
+/// default action); each one reloads once the gateway serves.
+struct Hangups(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
+
+impl Hangups {
+    fn listen() -> Hangups {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::hangup()) {
+                Ok(hangups) => Hangups(Some(hangups)),
+                Err(err) => {
+                    tracing::warn!(%err, "cannot listen for SIGHUP: reload by signal is off");
+                    Hangups(None)
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        Hangups()
+    }
+
+    fn reload_with(self, reloader: gateway::ReloadHandle) {
+        #[cfg(unix)]
+        if let Some(mut hangups) = self.0 {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!("SIGHUP received");
+                    // The gateway logs the outcome.
+                    let _ = reloader.reload().await;
+                }
+            });
+        }
+        #[cfg(not(unix))]
+        let _ = reloader;
+    }
+}
+
+/// The pid file, removed when dropped.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(path: &Path) -> anyhow::Result<PidFile> {
+        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|err| {
+            anyhow::anyhow!("cannot write the pid file {}: {err}", path.display())
+        })?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn run(path: &Path, pid_file: Option<PathBuf>) -> anyhow::Result<bool> {
+    let hangups = Hangups::listen();
     let Some(config) = load_config(path).await? else {
         return Ok(false);
     };
@@ -137,7 +220,47 @@ async fn run(path: &Path) -> anyhow::Result<bool> {
         Ok(gateway) => gateway,
         Err(err) => return report(err),
     };
-    serve(gateway).await
+    let pid_file = pid_file.or(config.pid_file);
+    serve(gateway, path, hangups, pid_file.as_deref()).await
+}
+
+/// `tollgate reload`: checks the file, then sends SIGHUP to the process in the pid file.
+async fn reload(path: &Path, pid_file: Option<PathBuf>) -> anyhow::Result<bool> {
+    let Some(config) = load_config(path).await? else {
+        eprintln!(
+            "{}: not reloading: fix the problems above first",
+            path.display()
+        );
+        return Ok(false);
+    };
+    let Some(pid_file) = pid_file.or(config.pid_file) else {
+        anyhow::bail!(
+            "{}: no pid_file set; set it in the config or pass --pid-file",
+            path.display()
+        );
+    };
+    let text = std::fs::read_to_string(&pid_file)
+        .map_err(|err| anyhow::anyhow!("cannot read {}: {err}", pid_file.display()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{}: not a process id", pid_file.display()))?;
+    signal_reload(pid)?;
+    println!("sent SIGHUP to tollgate (pid {pid}); its log says whether the reload succeeded");
+    Ok(true)
+}
+
+#[cfg(unix)]
+fn signal_reload(pid: i32) -> anyhow::Result<()> {
+    use rustix::process::{Pid, Signal, kill_process};
+    let target = Pid::from_raw(pid).ok_or_else(|| anyhow::anyhow!("invalid pid {pid}"))?;
+    kill_process(target, Signal::HUP)
+        .map_err(|err| anyhow::anyhow!("cannot signal pid {pid}: {err}"))
+}
+
+#[cfg(not(unix))]
+fn signal_reload(_pid: i32) -> anyhow::Result<()> {
+    anyhow::bail!("reload by signal needs a Unix system")
 }
 
 async fn demo(
@@ -155,6 +278,7 @@ async fn demo(
         echo,
         std::future::pending(),
     ));
+    let hangups = Hangups::listen();
     let config_path = demo::write_config(&dir, &plugins, &pki, upstream, https, http)?;
     let Some(config) = load_config(&config_path).await? else {
         return Ok(false);
@@ -173,7 +297,7 @@ async fn demo(
     };
     let (https, http) = (bound("https", https), bound("http", http));
     println!("{}", demo::instructions(&pki, https, http, &config_path));
-    serve(gateway).await
+    serve(gateway, &config_path, hangups, config.pid_file.as_deref()).await
 }
 
 fn init_tracing() {
@@ -197,7 +321,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => run(&config).await,
+            Command::Run { config, pid_file } => run(&config, pid_file).await,
+            Command::Reload { config, pid_file } => reload(&config, pid_file).await,
             Command::Check { config } => check(&config).await,
             Command::Demo {
                 plugins,

@@ -73,6 +73,7 @@ pub async fn run_certificate_phase(
     let mut outcome = CertificateOutcome::default();
     let record = recording == Recording::On;
     for plugin in plugins.iter().filter(|p| p.handles(Phase::Certificate)) {
+        let started = std::time::Instant::now();
         let result = match plugin.instantiate(record).await {
             Ok(mut instance) => {
                 let result = instance.call_handshake(&mut state).await;
@@ -96,6 +97,9 @@ pub async fn run_certificate_phase(
                 result
             }
         };
+        if let Some(metrics) = crate::metrics::get() {
+            metrics.plugin_call(plugin.name(), Phase::Certificate, started.elapsed());
+        }
         if let Err(err) = result {
             report_failure(&err, Some(client_addr));
             if !plugin.fail_open() || err.is_capacity() {
@@ -111,6 +115,14 @@ pub async fn run_certificate_phase(
 
 /// Tells the operator, at warn and rate-limited per plugin and kind, that a plugin call failed.
 fn report_failure(err: &PluginError, client: Option<SocketAddr>) {
+    if let Some(metrics) = crate::metrics::get() {
+        let kind = match err.kind() {
+            // No instance slot: the call was rejected at the door.
+            "at_capacity" => "rejected",
+            kind => kind,
+        };
+        metrics.plugin_failure(&err.plugin, kind);
+    }
     crate::alerts::warn_plugin(
         &err.plugin,
         err.kind(),
@@ -394,6 +406,22 @@ impl Exchange {
         body: Option<&(Bytes, bool)>,
     ) -> Result<(), PluginError> {
         let plugin = self.plugins[index].clone();
+        let started = std::time::Instant::now();
+        let result = self.call_timed(&plugin, index, phase, body).await;
+        if let Some(metrics) = crate::metrics::get() {
+            metrics.plugin_call(plugin.name(), phase, started.elapsed());
+        }
+        result
+    }
+
+    async fn call_timed(
+        &mut self,
+        plugin: &Arc<LoadedPlugin>,
+        index: usize,
+        phase: Phase,
+        body: Option<&(Bytes, bool)>,
+    ) -> Result<(), PluginError> {
+        let plugin = plugin.clone();
         let record = self.recording == Recording::On;
         let mut instance = match self.instances[index].take() {
             Some(instance) => instance,

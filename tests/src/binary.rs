@@ -140,9 +140,10 @@ impl Tollgate {
     fn launch(dir: &Path, config: &str, env: &[(&str, &str)], open_files: Option<u64>) -> Tollgate {
         let path = dir.join("tollgate.toml");
         std::fs::write(&path, config).expect("config written");
+        // Each listener says "listening", and so does the admin listener.
         let listeners = config
             .lines()
-            .filter(|line| line.trim() == "[[listeners]]")
+            .filter(|line| matches!(line.trim(), "[[listeners]]" | "[admin]"))
             .count();
         let mut command = match open_files {
             None => Command::new(tollgate_binary()),

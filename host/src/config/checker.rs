@@ -85,6 +85,13 @@ impl Checker<'_> {
                         .map(|r| (r, span));
                 }
                 "runtime" => raw.runtime = self.deserialize_lenient(value, "runtime"),
+                "pid_file" => raw.pid_file = self.deserialize_lenient(value, "pid_file"),
+                "drain_timeout" => {
+                    raw.drain_timeout = self.deserialize_lenient(value, "drain_timeout");
+                }
+                "admin" => {
+                    raw.admin = self.deserialize_lenient(value, "admin").map(|r| (r, span));
+                }
                 "listeners" => {
                     raw.listeners = Some((self.read_array(value, "listeners"), span));
                 }
@@ -175,7 +182,21 @@ impl Checker<'_> {
         let routes = self.routes(&raw.routes, &services);
         let plugins = self.plugins(&raw.plugins, &routes, &services);
         let runtime = self.runtime(raw.runtime.as_ref());
+        let pid_file = self.pid_file(raw.pid_file.as_ref());
+        let drain_timeout = self.duration(
+            &raw.drain_timeout,
+            "drain_timeout",
+            DEFAULT_DRAIN_TIMEOUT,
+            (MIN_TIMEOUT, MAX_TIMEOUT),
+        );
+        let admin = raw
+            .admin
+            .as_ref()
+            .and_then(|(admin, span)| self.admin(admin, span));
         Some(Config {
+            pid_file,
+            drain_timeout,
+            admin,
             trusted_ips,
             strip_client_headers,
             access_log,

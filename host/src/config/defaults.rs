@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// How long in-flight requests may finish after a shutdown signal or a listener's removal, when
+/// `drain_timeout` is not set.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Listener TLS handshake deadline when `handshake_timeout` is not set.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upstream connect deadline when `connect_timeout` is not set.

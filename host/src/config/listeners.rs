@@ -83,6 +83,22 @@ impl Checker<'_> {
                     "client_ca needs a TLS listener (add [[listeners.certificates]])",
                 );
             }
+            let session_ticket_keys: Vec<PathBuf> = raw
+                .session_ticket_keys
+                .iter()
+                .flat_map(|files| files.get_ref())
+                .enumerate()
+                .map(|(i, file)| self.file(file, &format!("{at}.session_ticket_keys[{i}]")))
+                .collect();
+            if let Some(files) = &raw.session_ticket_keys
+                && raw.certificates.as_ref().is_none_or(|c| c.is_empty())
+            {
+                self.problem(
+                    files.span().start,
+                    format!("{at}.session_ticket_keys"),
+                    "session_ticket_keys needs a TLS listener (add [[listeners.certificates]])",
+                );
+            }
             if let Some(address) = address {
                 out.push(ListenerConfig {
                     name,
@@ -90,6 +106,7 @@ impl Checker<'_> {
                     handshake_timeout,
                     limits,
                     client_ca,
+                    session_ticket_keys,
                     certificates,
                 });
             }

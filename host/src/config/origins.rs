@@ -34,6 +34,15 @@ impl Origins {
         &self.file
     }
 
+    /// The SHA-256 of the file's text, in hex: which version of the config is running.
+    pub fn text_hash(&self) -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(self.text.as_bytes())
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+
     /// The field of the plugin instance named `name`, e.g. `plugins[2]` (by its place in the
     /// file, not in run order).
     pub fn plugin_field(&self, name: &str) -> String {

@@ -1,4 +1,5 @@
-//! The process-wide sections: `access_log` and the plugin `runtime` limits.
+//! The process-wide sections: `access_log`, the plugin `runtime` limits, the `admin` listener,
+//! `pid_file` and `drain_timeout`.
 
 use super::*;
 
@@ -48,6 +49,55 @@ impl Checker<'_> {
         RuntimeLimits {
             max_instances: u32::try_from(max_instances).unwrap_or(u32::MAX),
             memory_budget: usize::try_from(memory_budget).unwrap_or(usize::MAX),
+        }
+    }
+
+    pub(super) fn pid_file(&mut self, raw: Option<&Spanned<String>>) -> Option<PathBuf> {
+        let raw = raw?;
+        if raw.get_ref().is_empty() {
+            self.problem(raw.span().start, "pid_file", "expected a file path");
+            return None;
+        }
+        let path = self.resolve_path(raw.get_ref());
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        if !dir.is_dir() {
+            let message = format!("directory not found: {}", dir.display());
+            self.problem(raw.span().start, "pid_file", message);
+        }
+        Some(path)
+    }
+
+    pub(super) fn admin(&mut self, raw: &RawAdmin, span: &Range<usize>) -> Option<AdminConfig> {
+        let files = [
+            (&raw.cert, "admin.cert"),
+            (&raw.key, "admin.key"),
+            (&raw.client_ca, "admin.client_ca"),
+        ];
+        let tls = if files.iter().any(|(value, _)| value.is_some()) {
+            // TLS here always requires client certificates: all three or none.
+            let [cert, key, client_ca] = files.map(|(value, field)| {
+                self.required(value, field, span)
+                    .map(|path| self.file(path, field))
+            });
+            Some(AdminTls {
+                cert: cert?,
+                key: key?,
+                client_ca: client_ca?,
+            })
+        } else {
+            None
+        };
+        let address = self.required(&raw.address, "admin.address", span)?;
+        match address.get_ref().parse::<SocketAddr>() {
+            Ok(address) => Some(AdminConfig { address, tls }),
+            Err(_) => {
+                let message = format!(
+                    "invalid address `{}` (expected ip:port, e.g. 127.0.0.1:9901)",
+                    address.get_ref()
+                );
+                self.problem(address.span().start, "admin.address", message);
+                None
+            }
         }
     }
 }

@@ -20,6 +20,15 @@ pub(super) struct RawRuntime {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) address: Field<String>,
+    pub(super) cert: Field<String>,
+    pub(super) key: Field<String>,
+    pub(super) client_ca: Field<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawListener {
     pub(super) name: Field<String>,
     pub(super) address: Field<String>,
@@ -37,6 +46,7 @@ pub(super) struct RawListener {
     pub(super) http2_ping_interval: Field<toml::Value>,
     pub(super) http2_ping_timeout: Field<toml::Value>,
     pub(super) client_ca: Field<String>,
+    pub(super) session_ticket_keys: Field<Vec<Spanned<String>>>,
     pub(super) certificates: Option<Vec<Spanned<RawCertificate>>>,
 }
 
@@ -97,6 +107,9 @@ pub(super) struct Element<T> {
 pub(super) struct RawConfig {
     pub(super) trusted_ips: Option<Vec<Spanned<String>>>,
     pub(super) strip_client_headers: Option<Vec<Spanned<String>>>,
+    pub(super) pid_file: Option<Spanned<String>>,
+    pub(super) drain_timeout: Field<toml::Value>,
+    pub(super) admin: Option<(RawAdmin, Range<usize>)>,
     pub(super) access_log: Option<(RawAccessLog, Range<usize>)>,
     pub(super) runtime: Option<RawRuntime>,
     pub(super) listeners: Option<(Vec<Element<RawListener>>, Range<usize>)>,
@@ -105,5 +118,6 @@ pub(super) struct RawConfig {
     pub(super) plugins: Vec<Element<RawPlugin>>,
 }
 
-pub(super) const SECTIONS: &str = "`trusted_ips`, `strip_client_headers`, `access_log`, `runtime`, \
-                        `listeners`, `services`, `routes`, `plugins`";
+pub(super) const SECTIONS: &str = "`trusted_ips`, `strip_client_headers`, `pid_file`, \
+                        `drain_timeout`, `admin`, `access_log`, `runtime`, `listeners`, \
+                        `services`, `routes`, `plugins`";

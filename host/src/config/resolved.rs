@@ -12,6 +12,13 @@ pub struct Config {
     /// Lower-case header names removed from every client request before plugins run; a trailing
     /// `*` matches any suffix.
     pub strip_client_headers: Vec<String>,
+    /// Where `tollgate run` writes its process id (for `tollgate reload`); absolute.
+    pub pid_file: Option<PathBuf>,
+    /// How long in-flight requests may take to finish after a shutdown signal, and how long a
+    /// listener removed by a reload keeps its connections.
+    pub drain_timeout: Duration,
+    /// The admin listener (`/status`, `/metrics`, `/reload`); off when absent.
+    pub admin: Option<AdminConfig>,
     /// Where access log lines go.
     pub access_log: AccessLogTarget,
     /// At least one listener, in file order.
@@ -26,6 +33,27 @@ pub struct Config {
     pub runtime: RuntimeLimits,
     /// Where each field sits in the file, for problems found after parsing.
     pub origins: Origins,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address to bind (HTTP/1.1; keep it on loopback or a private network).
+    pub address: SocketAddr,
+    /// TLS with required client certificates; plaintext when absent.
+    pub tls: Option<AdminTls>,
+}
+
+/// The admin listener's TLS: its certificate, and the CA its clients' certificates must chain
+/// to (a client without one is refused in the handshake).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    /// PEM chain, absolute path.
+    pub cert: PathBuf,
+    /// PEM key, absolute path.
+    pub key: PathBuf,
+    /// PEM trust anchors for client certificates, absolute path.
+    pub client_ca: PathBuf,
 }
 
 /// Destination of the access log.
@@ -50,6 +78,9 @@ pub struct ListenerConfig {
     pub limits: ClientLimits,
     /// PEM trust anchors for `client_verify`, absolute path.
     pub client_ca: Option<PathBuf>,
+    /// Session-ticket key files (nginx `ssl_session_ticket_key` format), absolute paths: the
+    /// first key encrypts, all decrypt. Empty: random keys of this process.
+    pub session_ticket_keys: Vec<PathBuf>,
     /// Server certificates; empty means a plaintext listener.
     pub certificates: Vec<CertificateConfig>,
 }

@@ -132,6 +132,7 @@ fn full_example_resolves_to_expected_structures() {
                     ..ClientLimits::default()
                 },
                 client_ca: Some(d.join("certs/ca.pem")),
+                session_ticket_keys: vec![],
                 certificates: vec![
                     CertificateConfig {
                         cert: d.join("certs/api.pem"),
@@ -151,6 +152,7 @@ fn full_example_resolves_to_expected_structures() {
                 handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
                 limits: ClientLimits::default(),
                 client_ca: None,
+                session_ticket_keys: vec![],
                 certificates: vec![],
             },
         ]
@@ -474,8 +476,8 @@ fn unknown_section_and_nested_unknown_key() {
     assert_eq!(
         lines[1],
         "$DIR/tollgate.toml:7:2: upstreams: unknown section `upstreams`, expected one of \
-             `trusted_ips`, `strip_client_headers`, `access_log`, `runtime`, `listeners`, `services`, \
-             `routes`, `plugins`"
+             `trusted_ips`, `strip_client_headers`, `pid_file`, `drain_timeout`, `admin`, \
+             `access_log`, `runtime`, `listeners`, `services`, `routes`, `plugins`"
     );
 }
 

@@ -25,11 +25,12 @@ pub struct RouteCapacity {
 impl Prepared {
     /// Each route's share of `limits`, in config order.
     pub fn route_capacity(&self, limits: RuntimeLimits) -> Vec<RouteCapacity> {
-        self.router
+        self.parts
+            .router
             .routes()
             .iter()
             .map(|route| {
-                let chain = self.chains.for_route(&route.name);
+                let chain = self.parts.chains.for_route(&route.name);
                 let plugins: Vec<_> = chain
                     .iter()
                     .filter(|plugin| plugin.phases().intersects(PhaseSet::REQUEST))

@@ -7,19 +7,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::Shared;
 use super::body::PumpedBody;
 use super::request::{EstablishedConnection, handle};
 use super::watchdog::{Expiry, GuardedIo, TrackedBody, Watchdog};
-use super::{BoundListener, Shared};
 use crate::config::ClientLimits;
 use crate::exchange::{ConnectionFacts, Context, TlsSession};
 use crate::pipeline::{self, Recording};
@@ -32,13 +33,46 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// The least time between two warnings that a listener is refusing connections.
 const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
-/// What every connection of one listener shares.
-struct ListenerShared {
-    name: String,
+/// What every connection of one listener shares. A reload that keeps the listener's socket
+/// installs a new one; connections keep the one they were accepted with.
+pub(super) struct ListenerShared {
+    pub(super) name: String,
     tls: Option<Arc<ListenerTls>>,
     limits: Arc<ClientLimits>,
     http: auto::Builder<TokioExecutor>,
     local_port: u16,
+    /// One per open connection, up to `max_connections`.
+    permits: Arc<Semaphore>,
+    /// How long a connection may take to finish its requests once told to close.
+    drain_timeout: Duration,
+    /// The listener's open-connections gauge, when metrics are on.
+    open_connections: Option<prometheus_client::metrics::gauge::Gauge>,
+}
+
+impl ListenerShared {
+    pub(super) fn new(
+        name: String,
+        tls: Option<Arc<ListenerTls>>,
+        limits: ClientLimits,
+        local_port: u16,
+        drain_timeout: Duration,
+    ) -> ListenerShared {
+        ListenerShared {
+            tls,
+            http: http_builder(&limits),
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            limits: Arc::new(limits),
+            local_port,
+            drain_timeout,
+            open_connections: crate::metrics::get().map(|m| m.open_connections(&name)),
+            name,
+        }
+    }
+
+    /// The port the listener's socket is bound to.
+    pub(super) fn local_port(&self) -> u16 {
+        self.local_port
+    }
 }
 
 /// The HTTP/1.1 and HTTP/2 server settings of a listener.
@@ -68,34 +102,22 @@ fn http_builder(limits: &ClientLimits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Accepts connections on `listener` until `shutdown`, each served on a task of `connections`.
+/// Accepts connections on `socket` until `stop`, each served on a task of `connections` with
+/// the listener settings and gateway state current when it is accepted.
 pub(super) async fn accept_loop(
-    shared: Arc<Shared>,
-    listener: BoundListener,
+    current: Arc<ArcSwap<Shared>>,
+    socket: TcpListener,
+    listener: Arc<ArcSwap<ListenerShared>>,
     connections: TaskTracker,
-    shutdown: CancellationToken,
+    stop: CancellationToken,
 ) {
-    let BoundListener {
-        name,
-        tls,
-        socket,
-        limits,
-    } = listener;
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let scope = Arc::new(ListenerShared {
-        name,
-        tls,
-        http: http_builder(&limits),
-        limits: Arc::new(limits),
-        local_port: socket.local_addr().map(|a| a.port()).unwrap_or(0),
-    });
     let mut refused = 0u64;
     let mut warned: Option<Instant> = None;
     let mut failed_accepts = 0u64;
     let mut failure_warned: Option<Instant> = None;
     loop {
         let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
             accepted = socket.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
@@ -104,7 +126,7 @@ pub(super) async fn accept_loop(
                     failed_accepts += 1;
                     if failure_warned.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_INTERVAL) {
                         tracing::warn!(
-                            listener = %scope.name,
+                            listener = %listener.load().name,
                             %err,
                             failed = failed_accepts,
                             "accept failed"
@@ -116,7 +138,8 @@ pub(super) async fn accept_loop(
                 }
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let scope = listener.load_full();
+        let Ok(permit) = scope.permits.clone().try_acquire_owned() else {
             // Over the cap: closed at once, so the connections being served keep their
             // descriptors, buffers and tasks.
             drop(tcp);
@@ -133,13 +156,13 @@ pub(super) async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let shared = shared.clone();
-        let scope = scope.clone();
-        let shutdown = shutdown.clone();
+        let current = current.clone();
+        let stop = stop.clone();
         connections.spawn(async move {
             let _permit = permit;
+            let _open = scope.open_connections.as_ref().map(OpenConnection::new);
             match &scope.tls {
-                Some(tls) => serve_tls(shared, &scope, tls, tcp, peer, &shutdown).await,
+                Some(tls) => serve_tls(current, &scope, tls, tcp, peer, &stop).await,
                 None => {
                     let facts = ConnectionFacts {
                         client_addr: peer,
@@ -151,10 +174,26 @@ pub(super) async fn accept_loop(
                         context: Context::new(),
                         certificate_plugins: Vec::new(),
                     };
-                    serve_http(shared, &scope, tcp, connection, &shutdown).await;
+                    serve_http(current, &scope, tcp, connection, &stop).await;
                 }
             }
         });
+    }
+}
+
+/// Counts a connection in its listener's gauge while it lives.
+struct OpenConnection<'g>(&'g prometheus_client::metrics::gauge::Gauge);
+
+impl<'g> OpenConnection<'g> {
+    fn new(gauge: &'g prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -166,13 +205,14 @@ struct Connection {
 }
 
 async fn serve_tls(
-    shared: Arc<Shared>,
+    current: Arc<ArcSwap<Shared>>,
     scope: &ListenerShared,
     listener: &ListenerTls,
     tcp: TcpStream,
     peer: SocketAddr,
     shutdown: &CancellationToken,
 ) {
+    let shared = current.load_full();
     let mut context = Context::new();
     let mut certificate_plugins = Vec::new();
     let certificate_phase = async |hello: &tls::ClientHelloInfo| {
@@ -189,9 +229,21 @@ async fn serve_tls(
         Ok(accepted) => accepted,
         Err(err) => {
             tracing::debug!(%peer, %err, "TLS handshake failed");
+            if let Some(metrics) = crate::metrics::get() {
+                metrics.handshake_failure(&scope.name, handshake_failure_cause(&err));
+            }
             return;
         }
     };
+    if let Some(metrics) = crate::metrics::get() {
+        let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let verify = match facts.client_verify {
+            tls::ClientVerify::None => "NONE",
+            tls::ClientVerify::Success => "SUCCESS",
+            tls::ClientVerify::Failed(_) => "FAILED",
+        };
+        metrics.handshake(&scope.name, facts.version, resumed, verify);
+    }
     let facts = ConnectionFacts {
         client_addr: peer,
         sni: facts.sni,
@@ -207,11 +259,27 @@ async fn serve_tls(
         context,
         certificate_plugins,
     };
-    serve_http(shared, scope, stream, connection, shutdown).await;
+    serve_http(current, scope, stream, connection, shutdown).await;
+}
+
+/// The `cause` label of a failed handshake.
+fn handshake_failure_cause(err: &tls::HandshakeError) -> &'static str {
+    use rustls::Error;
+    match err {
+        tls::HandshakeError::Timeout => "timeout",
+        tls::HandshakeError::Io(_) => "io",
+        tls::HandshakeError::CertificatePhase(_) => "certificate_phase",
+        tls::HandshakeError::Tls(err) => match err {
+            Error::AlertReceived(_) => "alert_received",
+            Error::PeerIncompatible(_) => "peer_incompatible",
+            Error::InvalidCertificate(_) | Error::NoCertificatesPresented => "client_certificate",
+            _ => "protocol",
+        },
+    }
 }
 
 async fn serve_http<I>(
-    shared: Arc<Shared>,
+    current: Arc<ArcSwap<Shared>>,
     listener: &ListenerShared,
     io: I,
     connection: Connection,
@@ -232,7 +300,8 @@ async fn serve_http<I>(
         let watchdog = watchdog.clone();
         move |request: http::Request<hyper::body::Incoming>| {
             let guard = watchdog.begin(request.version());
-            let shared = shared.clone();
+            // Each request runs on the gateway state current when it arrives, to its end.
+            let shared = current.load_full();
             let scope = scope.clone();
             let watchdog = watchdog.clone();
             async move {
@@ -266,9 +335,9 @@ async fn serve_http<I>(
         why = watchdog.expired() => Some(why),
     };
     let Some(why) = expired else {
-        // Draining for shutdown: the gateway bounds the whole drain.
+        // Draining (shutdown, or the listener removed by a reload): requests in flight finish.
         connection.as_mut().graceful_shutdown();
-        let _ = connection.await;
+        let _ = tokio::time::timeout(listener.drain_timeout, connection).await;
         return;
     };
     let (listener, reason) = (&listener.name, why.describe());

@@ -2,39 +2,44 @@
 //!
 //! [`Gateway::build`] turns a checked [`Config`] into running parts (plugins loaded and
 //! configured, TLS listeners with their certificates, routes, upstreams, the access log);
-//! [`Gateway::serve`] accepts connections until shutdown, then drains in-flight requests.
+//! [`Gateway::serve`] accepts connections until shutdown, then drains in-flight requests. With a
+//! [`ReloadHandle`] it also reloads its config file on request without dropping anything
+//! (`reload.rs`).
 
+mod admin;
 mod body;
 mod capacity_report;
 mod chains;
 mod connection;
 pub mod demo;
+mod reload;
 mod request;
 mod watchdog;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ClientLimits, Config, ConfigProblem, ListenerConfig, Origins, Protocol};
+use crate::config::{Config, ConfigProblem, ListenerConfig, Origins, Protocol};
 use crate::log::AccessLog;
+use crate::metrics::{self, RouteMeter};
 use crate::proxy::forwarding::ClientHeaderPolicy;
 use crate::proxy::router::{Route, Router};
 use crate::proxy::upstream::{Upstream, UpstreamSettings};
 use crate::runtime::{LoadError, PluginFault, PluginSpec, Runtime};
-use crate::tls::{self, ListenerTls, ServerCertificate, TlsError, TrustAnchors};
+use crate::tls::{self, ListenerTls, ServerCertificate, TicketKeys, TlsError, TrustAnchors};
 
+pub use admin::{Health, Phase as HealthPhase};
 pub use capacity_report::{RouteCapacity, human_bytes};
 pub use chains::{Chain, Chains};
+pub use reload::{ReloadHandle, ReloadRequests, Reloaded, reload_channel};
 pub use watchdog::RESET_WINDOW;
-
-/// How long in-flight requests may take to finish after a shutdown signal.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Why the gateway could not be built or started.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +61,8 @@ pub(crate) struct Service {
     pub(crate) upstream: Upstream,
 }
 
-/// What every connection and request shares.
+/// What every connection and request shares: one generation of the config. A reload swaps in
+/// a new one; requests keep the one they started with.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) router: Router,
@@ -65,24 +71,50 @@ pub(crate) struct Shared {
     pub(crate) access_log: AccessLog,
     /// Which client-sent headers are believed.
     pub(crate) client_headers: ClientHeaderPolicy,
-    /// Response pumps and log phases still running; waited for at shutdown.
+    /// Each route's request metrics, when metrics are on.
+    pub(crate) meters: Option<RouteMeters>,
+    /// Response pumps and log phases still running, of every generation; waited for at
+    /// shutdown.
     pub(crate) tasks: TaskTracker,
 }
 
 /// A listener, bound.
 #[derive(Debug)]
 struct BoundListener {
-    name: String,
+    config: ListenerConfig,
     tls: Option<Arc<ListenerTls>>,
     socket: TcpListener,
-    limits: ClientLimits,
+}
+
+/// Which version of the config is running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigVersion {
+    /// SHA-256 of the config file's text, in hex.
+    pub hash: String,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+}
+
+impl ConfigVersion {
+    fn of(config: &Config) -> ConfigVersion {
+        ConfigVersion {
+            hash: config.origins.text_hash(),
+            loaded_at: SystemTime::now(),
+        }
+    }
 }
 
 /// A built gateway, ready to serve.
 #[derive(Debug)]
 pub struct Gateway {
-    shared: Arc<Shared>,
+    current: Arc<ArcSwap<Shared>>,
     listeners: Vec<BoundListener>,
+    /// The config running now, to tell what a reload changes.
+    config: Config,
+    version: ConfigVersion,
+    runtime: Runtime,
+    /// The admin listener, when configured, and its TLS.
+    admin: Option<(TcpListener, Option<Arc<rustls::ServerConfig>>)>,
 }
 
 /// The problems found while preparing, each placed at its field in the config file.
@@ -165,12 +197,30 @@ fn listener_tls(
     if certificates.len() < listener.certificates.len() {
         return None;
     }
+    let mut ticket_keys = TicketKeys::default();
+    let mut keys_read = true;
+    for (index, path) in listener.session_ticket_keys.iter().enumerate() {
+        let field = format!("{at}.session_ticket_keys[{index}]");
+        // Secrets: read as bytes, never echoed into a message.
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                if let Err(err) = ticket_keys.add_file(&bytes) {
+                    problems.add(field, format!("{}: {err}", path.display()));
+                    keys_read = false;
+                }
+            }
+            Err(err) => {
+                problems.add(field, format!("cannot read {}: {err}", path.display()));
+                keys_read = false;
+            }
+        }
+    }
     match ListenerTls::new(
         certificates,
         client_ca.flatten(),
         listener.handshake_timeout,
     ) {
-        Ok(tls) => ca_read.then_some(tls),
+        Ok(tls) => (ca_read && keys_read).then(|| tls.with_ticket_keys(ticket_keys)),
         Err(TlsError::InvalidKey { index, source }) => {
             let certificate = &listener.certificates[index];
             problems.add(
@@ -189,6 +239,23 @@ fn listener_tls(
                 _ => at.to_owned(),
             };
             problems.add(field, err);
+            None
+        }
+    }
+}
+
+/// The admin listener's TLS config (client certificates required).
+fn admin_tls(
+    tls: &crate::config::AdminTls,
+    problems: &mut Problems<'_>,
+) -> Option<Arc<rustls::ServerConfig>> {
+    let chain = problems.pem(&tls.cert, "admin.cert", tls::parse_certificates);
+    let key = problems.pem(&tls.key, "admin.key", tls::parse_private_key);
+    let client_ca = problems.pem(&tls.client_ca, "admin.client_ca", TrustAnchors::from_pem);
+    match tls::mutual_tls_config(chain?, key?, &client_ca?) {
+        Ok(config) => Some(config),
+        Err(err) => {
+            problems.add("admin.key", format!("{}: {err}", tls.key.display()));
             None
         }
     }
@@ -276,6 +343,11 @@ impl Gateway {
                 Err(err) => problems.add(at, err),
             }
         }
+        let admin_tls = config
+            .admin
+            .as_ref()
+            .and_then(|admin| admin.tls.as_ref())
+            .and_then(|tls| admin_tls(tls, &mut problems));
         problems.into_result()?;
         let service_index = |name: &str| services.iter().position(|s| s.name == name);
         let routes: Vec<Route> = config
@@ -297,21 +369,28 @@ impl Gateway {
             .map(|route| (route.name.clone(), route.service.clone()))
             .collect();
         Ok(Prepared {
-            router: Router::new(routes),
-            chains: Chains::new(plugins, &route_services),
-            services,
+            parts: SharedParts {
+                router: Router::new(routes),
+                chains: Chains::new(plugins, &route_services),
+                services,
+                client_headers: ClientHeaderPolicy::new(
+                    config.trusted_ips.clone(),
+                    config.strip_client_headers.clone(),
+                ),
+            },
             listeners,
             access_log: config.access_log.clone(),
-            client_headers: ClientHeaderPolicy::new(
-                config.trusted_ips.clone(),
-                config.strip_client_headers.clone(),
-            ),
+            admin_tls,
         })
     }
 
     /// Prepares the gateway, opens the access log and binds every listener. Nothing is bound
     /// when anything fails, and every problem is reported.
     pub async fn build(config: &Config, runtime: &Runtime) -> Result<Gateway, GatewayError> {
+        if config.admin.is_some() {
+            // Before the routes' meters are resolved in `prepare`.
+            metrics::enable();
+        }
         let prepared = Gateway::prepare(config, runtime).await?;
         let mut problems = Problems {
             origins: &config.origins,
@@ -326,34 +405,42 @@ impl Gateway {
         };
         let mut listeners = Vec::new();
         for (index, (listener, tls)) in prepared.listeners.into_iter().enumerate() {
-            match TcpListener::bind(listener.address).await {
-                Ok(socket) => listeners.push(BoundListener {
-                    name: listener.name,
+            if let Some(socket) = bind(&listener, index, &mut problems).await {
+                listeners.push(BoundListener {
+                    config: listener,
                     tls,
                     socket,
-                    limits: listener.limits,
-                }),
-                Err(err) => problems.add(
-                    format!("listeners[{index}].address"),
-                    format!("cannot listen on {}: {err}", listener.address),
-                ),
+                });
             }
         }
+        let admin = match &config.admin {
+            Some(admin) => match TcpListener::bind(admin.address).await {
+                Ok(socket) => Some((socket, prepared.admin_tls.clone())),
+                Err(err) => {
+                    problems.add(
+                        "admin.address",
+                        format!("cannot listen on {}: {err}", admin.address),
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
         let access_log = match access_log {
             Some(access_log) if problems.found.is_empty() => access_log,
             // Dropping the bound sockets here: nothing listens when anything failed.
             _ => return Err(problems.into_error()),
         };
+        let parts = prepared.parts;
         Ok(Gateway {
-            shared: Arc::new(Shared {
-                router: prepared.router,
-                chains: prepared.chains,
-                services: prepared.services,
-                access_log,
-                client_headers: prepared.client_headers,
-                tasks: TaskTracker::new(),
-            }),
+            current: Arc::new(ArcSwap::from_pointee(
+                parts.into_shared(access_log, TaskTracker::new()),
+            )),
             listeners,
+            version: ConfigVersion::of(config),
+            config: config.clone(),
+            runtime: runtime.clone(),
+            admin,
         })
     }
 
@@ -361,8 +448,18 @@ impl Gateway {
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.listeners
             .iter()
-            .filter_map(|l| Some((l.name.clone(), l.socket.local_addr().ok()?)))
+            .filter_map(|l| Some((l.config.name.clone(), l.socket.local_addr().ok()?)))
             .collect()
+    }
+
+    /// The admin listener's bound address, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref()?.0.local_addr().ok()
+    }
+
+    /// The version of the config running now.
+    pub fn version(&self) -> &ConfigVersion {
+        &self.version
     }
 
     /// Raises the process's open-file soft limit to its hard limit (each client connection
@@ -382,20 +479,21 @@ impl Gateway {
         let mut caps: Vec<usize> = self
             .listeners
             .iter()
-            .map(|l| l.limits.max_connections)
+            .map(|l| l.config.limits.max_connections)
             .collect();
         if fit_connection_caps(&mut caps, limit) {
             for (listener, cap) in self.listeners.iter_mut().zip(caps) {
-                if cap < listener.limits.max_connections {
+                let limits = &mut listener.config.limits;
+                if cap < limits.max_connections {
                     tracing::warn!(
-                        listener = %listener.name,
+                        listener = %listener.config.name,
                         open_files = limit,
-                        configured = listener.limits.max_connections,
+                        configured = limits.max_connections,
                         max_connections = cap,
                         "the open-file limit is below what max_connections needs; lowered the \
                          cap to fit (raise the hard limit with ulimit -Hn or LimitNOFILE)"
                     );
-                    listener.limits.max_connections = cap;
+                    limits.max_connections = cap;
                 }
             }
         } else {
@@ -405,47 +503,97 @@ impl Gateway {
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests
-    /// finish within [`SHUTDOWN_GRACE`], and flushes the access log.
+    /// finish within the config's `drain_timeout`, and flushes the access log.
     pub async fn serve(self, shutdown: CancellationToken) {
-        let connections = TaskTracker::new();
-        let mut accept_loops = Vec::new();
-        for listener in self.listeners {
-            accept_loops.push(tokio::spawn(connection::accept_loop(
-                self.shared.clone(),
-                listener,
-                connections.clone(),
-                shutdown.clone(),
-            )));
+        self.serve_with_reloads(shutdown, None).await;
+    }
+
+    /// [`Gateway::serve`], also reloading the config file on each request `reloads` receives
+    /// (see [`reload_channel`]).
+    pub async fn serve_with_reloads(
+        self,
+        shutdown: CancellationToken,
+        reloads: Option<ReloadRequests>,
+    ) {
+        reload::Serving::start(self, shutdown, reloads).run().await;
+    }
+}
+
+/// Binds the listener, or adds why it cannot to `problems`.
+async fn bind(
+    listener: &ListenerConfig,
+    index: usize,
+    problems: &mut Problems<'_>,
+) -> Option<TcpListener> {
+    match TcpListener::bind(listener.address).await {
+        Ok(socket) => Some(socket),
+        Err(err) => {
+            problems.add(
+                format!("listeners[{index}].address"),
+                format!("cannot listen on {}: {err}", listener.address),
+            );
+            None
         }
-        shutdown.cancelled().await;
-        for accept_loop in accept_loops {
-            let _ = accept_loop.await;
+    }
+}
+
+/// Each route's request metrics, resolved when the config is loaded.
+#[derive(Debug)]
+pub(crate) struct RouteMeters {
+    by_route: std::collections::HashMap<String, RouteMeter>,
+    unrouted: RouteMeter,
+}
+
+impl RouteMeters {
+    fn new(metrics: &metrics::Metrics, router: &Router) -> RouteMeters {
+        RouteMeters {
+            by_route: router
+                .routes()
+                .iter()
+                .map(|route| (route.name.clone(), metrics.route(&route.name)))
+                .collect(),
+            unrouted: metrics.route(metrics::NO_ROUTE),
         }
-        tracing::info!("shutting down: waiting for in-flight requests");
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            // Each connection saw the shutdown: idle ones close, busy ones finish their requests.
-            connections.close();
-            connections.wait().await;
-            self.shared.tasks.close();
-            self.shared.tasks.wait().await;
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!("grace period over; closing the remaining connections");
+    }
+
+    /// The meter of the named route, or of unrouted requests.
+    pub(crate) fn get(&self, route: Option<&str>) -> &RouteMeter {
+        route
+            .and_then(|route| self.by_route.get(route))
+            .unwrap_or(&self.unrouted)
+    }
+}
+
+/// The routing, plugins and upstreams of one generation, before the access log joins them.
+#[derive(Debug)]
+struct SharedParts {
+    router: Router,
+    chains: Chains,
+    services: Vec<Service>,
+    client_headers: ClientHeaderPolicy,
+}
+
+impl SharedParts {
+    fn into_shared(self, access_log: AccessLog, tasks: TaskTracker) -> Shared {
+        Shared {
+            meters: metrics::get().map(|metrics| RouteMeters::new(metrics, &self.router)),
+            router: self.router,
+            chains: self.chains,
+            services: self.services,
+            access_log,
+            client_headers: self.client_headers,
+            tasks,
         }
-        self.shared.access_log.flush().await;
     }
 }
 
 /// A gateway with everything loaded but no socket bound.
 #[derive(Debug)]
 pub struct Prepared {
-    router: Router,
-    chains: Chains,
-    services: Vec<Service>,
+    parts: SharedParts,
     listeners: Vec<(ListenerConfig, Option<Arc<ListenerTls>>)>,
     access_log: crate::config::AccessLogTarget,
-    client_headers: ClientHeaderPolicy,
+    admin_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

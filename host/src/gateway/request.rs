@@ -24,6 +24,7 @@ use crate::lifecycle::{
     request_head_size,
 };
 use crate::log::{LogEntry, NamedRef, RequestLog, headers_to_map, parse_querystring, request_url};
+use crate::metrics::RouteMeter;
 use crate::pipeline::{Exchange, Recording};
 use crate::proxy::forwarding::{ForwardedFacts, add_forwarded, strip_hop_by_hop, upstream_uri};
 use crate::proxy::path;
@@ -56,7 +57,9 @@ pub async fn handle(
     connection: Arc<EstablishedConnection>,
     request: Request<Incoming>,
 ) -> Response<PumpedBody> {
+    let started = std::time::Instant::now();
     let (mut parts, body) = request.into_parts();
+    let http2 = parts.version == Version::HTTP_2;
     let facts = connection.facts.clone();
     let scheme = if facts.tls.is_some() { "https" } else { "http" };
     let host = parts
@@ -156,8 +159,13 @@ pub async fn handle(
     // way into the scheduler and once more when it finishes; a box moves as a pointer.
     shared.tasks.spawn(Box::pin(async move {
         let shared = task_shared;
+        let route = draft.route.as_ref().map(|route| route.name.as_str());
+        let meter = shared.meters.as_ref().map(|meters| meters.get(route));
         let mut io = GatewayIo {
             shared: &shared,
+            meter,
+            started,
+            http2,
             service: routed
                 .as_ref()
                 .map(|(service, _)| &shared.services[*service]),
@@ -212,6 +220,11 @@ struct Forwarding {
 /// hyper), the route's upstream, and the access log.
 struct GatewayIo<'a> {
     shared: &'a Shared,
+    /// The route's request metrics, when on.
+    meter: Option<&'a RouteMeter>,
+    /// When the request head arrived.
+    started: std::time::Instant,
+    http2: bool,
     service: Option<&'a super::Service>,
     parts: http::request::Parts,
     body: Option<ClientBody>,
@@ -391,6 +404,17 @@ impl RequestIo for GatewayIo<'_> {
     }
 
     fn log(&mut self, entry: LogEntry) {
+        if let Some(meter) = self.meter {
+            let upstream_ms = (!entry.tries.is_empty())
+                .then(|| u64::try_from(entry.latencies.proxy).ok())
+                .flatten();
+            meter.record(
+                entry.response.status,
+                self.http2,
+                self.started.elapsed(),
+                upstream_ms,
+            );
+        }
         self.shared.access_log.write(entry);
     }
 }

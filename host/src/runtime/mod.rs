@@ -165,8 +165,9 @@ pub struct Runtime {
 struct RuntimeInner {
     engine: Engine,
     linker: Linker<PluginStore>,
-    /// Compiled components by file, so a file used by several plugin entries compiles once.
-    components: Mutex<HashMap<PathBuf, Component>>,
+    /// Compiled components by the SHA-256 of their file's content: a file used by several
+    /// plugin entries compiles once, and a reload recompiles only files whose content changed.
+    components: Mutex<HashMap<ContentHash, Component>>,
     capacity: Arc<Capacity>,
 }
 
@@ -185,6 +186,18 @@ pub enum RuntimeError {
     /// The thread that ticks the epoch (call deadlines) could not be started.
     #[error("cannot start the plugin runtime: epoch thread: {0}")]
     EpochThread(#[source] std::io::Error),
+}
+
+/// The SHA-256 of a plugin file's content.
+type ContentHash = [u8; 32];
+
+fn content_hash(path: &Path) -> Result<ContentHash, LoadError> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(sha2::Sha256::digest(&bytes).into())
 }
 
 impl Runtime {
@@ -269,16 +282,19 @@ impl Runtime {
     }
 
     fn component(&self, path: &Path) -> Result<Component, LoadError> {
-        let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-        if let Some(component) = self.lock_components().get(&key) {
+        let hash = content_hash(path)?;
+        if let Some(component) = self.lock_components().get(&hash) {
             return Ok(component.clone());
         }
         let component = loader::compile(&self.inner.engine, path)?;
-        self.lock_components().insert(key, component.clone());
+        // Cached only when the file did not change while it compiled (a copy in progress).
+        if content_hash(path)? == hash {
+            self.lock_components().insert(hash, component.clone());
+        }
         Ok(component)
     }
 
-    fn lock_components(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Component>> {
+    fn lock_components(&self) -> std::sync::MutexGuard<'_, HashMap<ContentHash, Component>> {
         // The map holds only finished components; a panic elsewhere cannot leave it half-written.
         self.inner
             .components

@@ -50,6 +50,11 @@ struct Anchors {
 }
 
 impl TrustAnchors {
+    /// The anchors as a rustls root store.
+    pub(crate) fn root_store(&self) -> Arc<RootCertStore> {
+        self.0.roots.clone()
+    }
+
     /// Parses one or more PEM CA certificates.
     pub fn from_pem(pem: &str) -> Result<Self, PemError> {
         Self::from_der(parse_certificates(pem)?)

@@ -22,6 +22,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use super::chain_check::TrustAnchors;
 use super::client_cert_request::RequestClientCertificate;
 use super::policy::TlsPolicy;
+use super::tickets::TicketKeys;
 
 /// Sessions kept per server config (per policy) for session-ID resumption.
 const SESSION_CACHE_SIZE: usize = 1024;
@@ -85,6 +86,8 @@ pub struct ListenerTls {
     resolver: Arc<SniResolver>,
     client_ca: Option<TrustAnchors>,
     handshake_timeout: Duration,
+    /// Session-ticket keys shared with other replicas; `None`: random keys of this process.
+    ticket_keys: Option<TicketKeys>,
     configs: Mutex<HashMap<TlsPolicy, Arc<ServerConfig>>>,
 }
 
@@ -110,10 +113,19 @@ impl ListenerTls {
             resolver: Arc::new(SniResolver::new(certs)?),
             client_ca,
             handshake_timeout,
+            ticket_keys: None,
             configs: Mutex::new(HashMap::new()),
         };
         listener.config_for(&TlsPolicy::default())?;
         Ok(listener)
+    }
+
+    /// Encrypts session tickets with `keys` (shared by a fleet) instead of random keys of this
+    /// process.
+    pub fn with_ticket_keys(mut self, keys: TicketKeys) -> Self {
+        self.ticket_keys = (!keys.is_empty()).then_some(keys);
+        self.configs = Mutex::new(HashMap::new());
+        self
     }
 
     /// The listener's client CA bundle: trust anchors when the policy names none.
@@ -164,10 +176,29 @@ impl ListenerTls {
             config.send_tls13_tickets = 0;
         } else {
             config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
-            config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+            config.ticketer = match &self.ticket_keys {
+                Some(keys) => Arc::new(keys.ticketer(&policy_fingerprint(policy))),
+                None => rustls::crypto::aws_lc_rs::Ticketer::new()?,
+            };
         }
         Ok(config)
     }
+}
+
+/// The same bytes for equal policies in every process: what binds a shared-key ticket to the
+/// policy that issued it.
+fn policy_fingerprint(policy: &TlsPolicy) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update([
+        u8::from(policy.request_client_certificate),
+        u8::from(policy.disable_session_reuse),
+    ]);
+    for cert in policy.ca_certs.iter().flat_map(TrustAnchors::certificates) {
+        hash.update((cert.len() as u64).to_be_bytes());
+        hash.update(cert);
+    }
+    hash.finalize().into()
 }
 
 /// Session storage for `disable_session_reuse` that stores nothing.

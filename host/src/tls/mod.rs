@@ -20,6 +20,7 @@ pub mod listener;
 pub mod names;
 pub mod pem;
 pub mod policy;
+pub mod tickets;
 
 mod client_cert_request;
 
@@ -36,6 +37,27 @@ pub use listener::{ListenerTls, ServerCertificate, TlsError};
 pub use names::{cipher_name, protocol_name};
 pub use pem::{PemError, encode_chain, parse_certificates, parse_private_key};
 pub use policy::TlsPolicy;
+pub use tickets::{TicketKeyError, TicketKeys};
+
+/// A server config that requires a client certificate chaining to `client_ca` (the admin
+/// listener's TLS).
+pub fn mutual_tls_config(
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+    client_ca: &TrustAnchors,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        client_ca.root_store(),
+        provider(),
+    )
+    .build()
+    .map_err(|err| rustls::Error::General(err.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
 
 /// The one crypto provider (aws-lc-rs) used by every config, verifier and signature check of
 /// the gateway, the upstream client's included.

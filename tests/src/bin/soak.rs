@@ -18,6 +18,11 @@
 //! healthy route's keep-alive throughput alone, then while 8 connections hit the looping route
 //! (time limit 100 ms), alternating, RUNS (default 3) times 10 s each; it prints each figure,
 //! the medians, their ratio, and the looping requests' status counts and slowest answer.
+//!
+//! `soak metrics [RUNS]` measures what metrics cost the request path: no-plugin keep-alive
+//! throughput (8 connections, plaintext) of a gateway without `[admin]` (metrics off) and of one
+//! with it (on), alternating, RUNS (default 5) times 10 s each; it prints each figure and the
+//! medians.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -204,6 +209,12 @@ fn main() {
             .next()
             .map_or(3, |n| n.parse().expect("runs: a whole number"));
         return isolation(runs);
+    }
+    if first.as_deref() == Some("metrics") {
+        let runs = args
+            .next()
+            .map_or(5, |n| n.parse().expect("runs: a whole number"));
+        return metrics_overhead(runs);
     }
     let minutes: u64 = first
         .map(|m| m.parse().expect("minutes: a whole number"))
@@ -467,5 +478,72 @@ config = {{ mode = "loop" }}
     println!(
         "looping route: statuses {loop_statuses:?}, slowest answer {:.0} ms (time_limit 100 ms)",
         slowest_loop * 1000.0
+    );
+}
+
+/// No-plugin keep-alive throughput with metrics off (no `[admin]`) and on, alternating runs of
+/// 10 s against two gateways started from the same config, then the medians.
+fn metrics_overhead(runs: usize) {
+    let (_runtime, echo) = start_echo();
+    let config = |admin: &str| {
+        format!(
+            r#"{admin}
+[access_log]
+target = "access.log"
+
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+
+[[services]]
+name = "echo"
+targets = ["{echo}"]
+
+[[routes]]
+name = "plain"
+paths = ["/"]
+service = "echo"
+"#
+        )
+    };
+    let (off_dir, on_dir) = (
+        tempfile::tempdir().expect("temp dir"),
+        tempfile::tempdir().expect("temp dir"),
+    );
+    let off = Tollgate::run(off_dir.path(), &config(""));
+    let on = Tollgate::run(
+        on_dir.path(),
+        &config("[admin]\naddress = \"127.0.0.1:0\"\n"),
+    );
+    let url = |gateway: &Tollgate| format!("http://127.0.0.1:{}/", gateway.addr("http").port());
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for run in 1..=runs {
+        // Only one gateway is under load at a time; the order alternates.
+        let measure = |gateway: &Tollgate| {
+            parse(
+                plain_oha(&url(gateway), &["-c", "8"], 10)
+                    .wait_with_output()
+                    .expect("oha"),
+            )
+        };
+        let (a, b) = if run % 2 == 1 {
+            let a = measure(&off);
+            (a, measure(&on))
+        } else {
+            let b = measure(&on);
+            (measure(&off), b)
+        };
+        println!(
+            "run {run}: metrics off {:.0} req/s {:?}, on {:.0} req/s {:?}",
+            a.rps, a.statuses, b.rps, b.statuses
+        );
+        without.push(a.rps);
+        with.push(b.rps);
+    }
+    let (without, with) = (median(&mut without), median(&mut with));
+    println!(
+        "median no-plugin keep-alive throughput: metrics off {without:.0} req/s, on {with:.0} \
+         req/s, ratio {:.3}",
+        with / without
     );
 }
