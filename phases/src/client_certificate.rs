@@ -108,8 +108,7 @@ mod read {
             else {
                 return Ok(None);
             };
-            let block =
-                block.map_err(|err| InvalidArgument::ClientCertificate(err.to_string()))?;
+            let block = block.map_err(|err| InvalidArgument::ClientCertificate(err.to_string()))?;
             ClientCertificate::from_der(&block.contents).map(Some)
         }
     }
@@ -295,14 +294,14 @@ mod tests {
 
     #[test]
     fn sans_are_sorted_by_kind_in_certificate_order() {
-        let mut params = CertificateParams::new(vec!["b.example".into(), "a.example".into()])
-            .expect("params");
-        params
-            .subject_alt_names
-            .push(SanType::Rfc822Name("alice@example.com".try_into().expect("ia5")));
-        params
-            .subject_alt_names
-            .push(SanType::URI("spiffe://example/alice".try_into().expect("ia5")));
+        let mut params =
+            CertificateParams::new(vec!["b.example".into(), "a.example".into()]).expect("params");
+        params.subject_alt_names.push(SanType::Rfc822Name(
+            "alice@example.com".try_into().expect("ia5"),
+        ));
+        params.subject_alt_names.push(SanType::URI(
+            "spiffe://example/alice".try_into().expect("ia5"),
+        ));
         params
             .subject_alt_names
             .push(SanType::IpAddress("192.0.2.1".parse().expect("ip")));
@@ -333,8 +332,12 @@ mod tests {
     #[test]
     fn the_leaf_of_a_chain_is_its_first_block_and_garbage_is_invalid() {
         let key = KeyPair::generate().expect("key");
-        let leaf = CertificateParams::default().self_signed(&key).expect("cert");
-        let other = CertificateParams::default().self_signed(&key).expect("cert");
+        let leaf = CertificateParams::default()
+            .self_signed(&key)
+            .expect("cert");
+        let other = CertificateParams::default()
+            .self_signed(&key)
+            .expect("cert");
         let chain = format!("{}{}", leaf.pem(), other.pem());
         let facts = ClientCertificate::from_chain_pem(&chain).expect("readable");
         assert_eq!(facts.map(|f| f.pem), Some(leaf.pem()));

@@ -185,8 +185,7 @@ impl MtlsAuth {
             Err(err) => return Err(Failure::Host(err)),
         };
         self.verify()?;
-        let leaf =
-            leaf.ok_or_else(|| Failure::Verification("certificate verify failed".into()))?;
+        let leaf = leaf.ok_or_else(|| Failure::Verification("certificate verify failed".into()))?;
 
         // Verified by the host; only the names it read are used here.
         let consumer = if self.skip_consumer_lookup {

@@ -7,7 +7,9 @@ use std::fmt::Debug;
 use std::sync::{Mutex, OnceLock};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use tollgate_phases::{ClientCertificate, ClientVerify, HostFunction, InvalidArgument, Phase, Target};
+use tollgate_phases::{
+    ClientCertificate, ClientVerify, HostFunction, InvalidArgument, Phase, Target,
+};
 
 use super::bindings::{
     HostError, LogLevel, balancer, client_tls, connection, context, plugin_log, request, response,

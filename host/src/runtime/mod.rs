@@ -31,7 +31,7 @@ use tollgate_phases::{Phase, PhaseSet};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
-pub use self::bindings::{HANDLER_EXPORT, WIT_PACKAGE, WIT_VERSION};
+pub use self::bindings::{HANDLER_EXPORT, OLDER_WIT_VERSIONS, WIT_PACKAGE, WIT_VERSION};
 pub use self::capacity::{Capacity, RuntimeLimits};
 pub use self::engine::{DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_LIMIT, MAX_MEMORY_LIMIT};
 pub use self::error::{LoadError, PluginError, PluginFault, Stage};
