@@ -31,8 +31,9 @@ fn lift<T>(result: HostResult<T>) -> Result<T, Error> {
 
 /// Kong's `kong.client.tls`: the client's side of the TLS connection.
 pub mod client_tls {
+    use super::bindings::tollgate::plugin::client_tls::SubjectAltName as WitSan;
     use super::{Error, host, lift};
-    pub use tollgate_phases::ClientCertificate;
+    pub use tollgate_phases::{ClientCertificate, SubjectAltName};
 
     /// Requests (does not require) a client certificate in this handshake. `ca_certs` (PEM CA
     /// certificates) become the CertificateRequest's acceptable CA names, in order, and this
@@ -68,10 +69,16 @@ pub mod client_tls {
             serial: leaf.serial,
             fingerprint_sha1: leaf.fingerprint_sha1,
             fingerprint_sha256: leaf.fingerprint_sha256,
-            dns_names: leaf.dns_names,
-            emails: leaf.emails,
-            uris: leaf.uris,
-            ips: leaf.ips,
+            subject_alt_names: leaf
+                .subject_alt_names
+                .into_iter()
+                .map(|san| match san {
+                    WitSan::Dns(v) => SubjectAltName::Dns(v),
+                    WitSan::Email(v) => SubjectAltName::Email(v),
+                    WitSan::Uri(v) => SubjectAltName::Uri(v),
+                    WitSan::Ip(v) => SubjectAltName::Ip(v),
+                })
+                .collect(),
             not_before: leaf.not_before,
             not_after: leaf.not_after,
             pem: leaf.pem,

@@ -10,10 +10,12 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use tollgate_phases::{
-    ClientCertificate, ClientVerify, HostFunction, InvalidArgument, Phase, Target,
+    ClientCertificate, ClientVerify, HostFunction, InvalidArgument, Phase, SubjectAltName, Target,
 };
 
-use crate::api::bindings::tollgate::plugin::client_tls::ClientCertificate as WitCertificate;
+use crate::api::bindings::tollgate::plugin::client_tls::{
+    ClientCertificate as WitCertificate, SubjectAltName as WitSan,
+};
 use crate::api::bindings::tollgate::plugin::types::{Error as HostError, LogLevel as WitLevel};
 use crate::log::Level;
 
@@ -228,10 +230,16 @@ fn wit_certificate(leaf: ClientCertificate) -> WitCertificate {
         serial: leaf.serial,
         fingerprint_sha1: leaf.fingerprint_sha1,
         fingerprint_sha256: leaf.fingerprint_sha256,
-        dns_names: leaf.dns_names,
-        emails: leaf.emails,
-        uris: leaf.uris,
-        ips: leaf.ips,
+        subject_alt_names: leaf
+            .subject_alt_names
+            .into_iter()
+            .map(|san| match san {
+                SubjectAltName::Dns(v) => WitSan::Dns(v),
+                SubjectAltName::Email(v) => WitSan::Email(v),
+                SubjectAltName::Uri(v) => WitSan::Uri(v),
+                SubjectAltName::Ip(v) => WitSan::Ip(v),
+            })
+            .collect(),
         not_before: leaf.not_before,
         not_after: leaf.not_after,
         pem: leaf.pem,

@@ -25,20 +25,54 @@ pub struct ClientCertificate {
     pub fingerprint_sha1: String,
     /// SHA-256 of the DER, lower-case hex.
     pub fingerprint_sha256: String,
-    /// dNSName SANs, in order.
-    pub dns_names: Vec<String>,
-    /// rfc822Name (email) SANs, in order.
-    pub emails: Vec<String>,
-    /// uniformResourceIdentifier SANs, in order.
-    pub uris: Vec<String>,
-    /// iPAddress SANs as text, in order.
-    pub ips: Vec<String>,
+    /// The DNS, email, URI and IP subject alternative names, in certificate order.
+    pub subject_alt_names: Vec<SubjectAltName>,
     /// Start of validity, Unix seconds.
     pub not_before: i64,
     /// End of validity, Unix seconds.
     pub not_after: i64,
     /// The leaf alone as PEM: LF line ends, 64-column base64, as the chain's first block.
     pub pem: String,
+}
+
+/// One subject alternative name of the kinds the gateway reports.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SubjectAltName {
+    /// dNSName.
+    Dns(String),
+    /// rfc822Name (an email address).
+    Email(String),
+    /// uniformResourceIdentifier.
+    Uri(String),
+    /// iPAddress, as text (`192.0.2.1`, `2001:db8::1`).
+    Ip(String),
+}
+
+impl SubjectAltName {
+    /// The name's value, whatever its kind.
+    pub fn value(&self) -> &str {
+        match self {
+            Self::Dns(v) | Self::Email(v) | Self::Uri(v) | Self::Ip(v) => v,
+        }
+    }
+}
+
+impl ClientCertificate {
+    /// The dNSName SANs, in certificate order.
+    pub fn dns_names(&self) -> impl Iterator<Item = &str> {
+        self.subject_alt_names.iter().filter_map(|san| match san {
+            SubjectAltName::Dns(v) => Some(v.as_str()),
+            _ => None,
+        })
+    }
+
+    /// The email SANs, in certificate order.
+    pub fn emails(&self) -> impl Iterator<Item = &str> {
+        self.subject_alt_names.iter().filter_map(|san| match san {
+            SubjectAltName::Email(v) => Some(v.as_str()),
+            _ => None,
+        })
+    }
 }
 
 #[cfg(feature = "x509")]
@@ -53,7 +87,7 @@ mod read {
     use x509_parser::prelude::FromDer;
     use x509_parser::x509::{AttributeTypeAndValue, X509Name};
 
-    use super::ClientCertificate;
+    use super::{ClientCertificate, SubjectAltName};
     use crate::InvalidArgument;
 
     /// Width of a base64 line inside a PEM block (RFC 7468).
@@ -87,17 +121,20 @@ mod read {
                 ..ClientCertificate::default()
             };
             if let Ok(Some(san)) = cert.subject_alternative_name() {
-                for name in &san.value.general_names {
-                    match name {
-                        GeneralName::DNSName(v) => facts.dns_names.push((*v).to_owned()),
-                        GeneralName::RFC822Name(v) => facts.emails.push((*v).to_owned()),
-                        GeneralName::URI(v) => facts.uris.push((*v).to_owned()),
+                facts.subject_alt_names = san
+                    .value
+                    .general_names
+                    .iter()
+                    .filter_map(|name| match name {
+                        GeneralName::DNSName(v) => Some(SubjectAltName::Dns((*v).to_owned())),
+                        GeneralName::RFC822Name(v) => Some(SubjectAltName::Email((*v).to_owned())),
+                        GeneralName::URI(v) => Some(SubjectAltName::Uri((*v).to_owned())),
                         GeneralName::IPAddress(bytes) => {
-                            facts.ips.extend(ip(bytes).map(|ip| ip.to_string()));
+                            ip(bytes).map(|ip| SubjectAltName::Ip(ip.to_string()))
                         }
-                        _ => {}
-                    }
-                }
+                        _ => None,
+                    })
+                    .collect();
             }
             Ok(facts)
         }
@@ -293,9 +330,8 @@ mod tests {
     }
 
     #[test]
-    fn sans_are_sorted_by_kind_in_certificate_order() {
-        let mut params =
-            CertificateParams::new(vec!["b.example".into(), "a.example".into()]).expect("params");
+    fn sans_keep_certificate_order_across_kinds() {
+        let mut params = CertificateParams::new(vec!["b.example".into()]).expect("params");
         params.subject_alt_names.push(SanType::Rfc822Name(
             "alice@example.com".try_into().expect("ia5"),
         ));
@@ -308,11 +344,26 @@ mod tests {
         params
             .subject_alt_names
             .push(SanType::IpAddress("2001:db8::1".parse().expect("ip")));
+        params
+            .subject_alt_names
+            .push(SanType::DnsName("a.example".try_into().expect("ia5")));
         let facts = facts(params);
-        assert_eq!(facts.dns_names, ["b.example", "a.example"]);
-        assert_eq!(facts.emails, ["alice@example.com"]);
-        assert_eq!(facts.uris, ["spiffe://example/alice"]);
-        assert_eq!(facts.ips, ["192.0.2.1", "2001:db8::1"]);
+        assert_eq!(
+            facts.subject_alt_names,
+            [
+                SubjectAltName::Dns("b.example".into()),
+                SubjectAltName::Email("alice@example.com".into()),
+                SubjectAltName::Uri("spiffe://example/alice".into()),
+                SubjectAltName::Ip("192.0.2.1".into()),
+                SubjectAltName::Ip("2001:db8::1".into()),
+                SubjectAltName::Dns("a.example".into()),
+            ]
+        );
+        assert_eq!(
+            facts.dns_names().collect::<Vec<_>>(),
+            ["b.example", "a.example"]
+        );
+        assert_eq!(facts.emails().collect::<Vec<_>>(), ["alice@example.com"]);
     }
 
     #[test]

@@ -40,7 +40,7 @@ mod status;
 mod target;
 
 pub use body::{MAX_PLUGIN_BODY, check_body};
-pub use client_certificate::ClientCertificate;
+pub use client_certificate::{ClientCertificate, SubjectAltName};
 pub use client_verify::{ClientVerify, InvalidClientVerify};
 pub use context::{MAX_CONTEXT_ENTRIES, MAX_CONTEXT_VALUE, check_context_set};
 pub use error::InvalidArgument;

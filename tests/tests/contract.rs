@@ -348,10 +348,16 @@ fn facts_json(leaf: &tollgate_sdk::ClientCertificate) -> Value {
         "serial": leaf.serial,
         "fingerprint-sha1": leaf.fingerprint_sha1,
         "fingerprint-sha256": leaf.fingerprint_sha256,
-        "dns-names": leaf.dns_names,
-        "emails": leaf.emails,
-        "uris": leaf.uris,
-        "ips": leaf.ips,
+        "subject-alt-names": leaf
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                tollgate_sdk::SubjectAltName::Dns(v) => json!({ "dns": v }),
+                tollgate_sdk::SubjectAltName::Email(v) => json!({ "email": v }),
+                tollgate_sdk::SubjectAltName::Uri(v) => json!({ "uri": v }),
+                tollgate_sdk::SubjectAltName::Ip(v) => json!({ "ip": v }),
+            })
+            .collect::<Vec<_>>(),
         "not-before": leaf.not_before,
         "not-after": leaf.not_after,
         "pem": leaf.pem,

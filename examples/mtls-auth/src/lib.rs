@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use tollgate_sdk::{
-    ClientCertificate, Error, PhaseResult, Plugin, client_tls, connection, log, request, response,
+    ClientCertificate, Error, PhaseResult, Plugin, SubjectAltName, client_tls, connection, log,
+    request, response,
 };
 
 use tollgate_example_support::sni::Snis;
@@ -116,7 +117,7 @@ impl Failure {
 struct Client {
     consumer: Option<String>,
     subject_dn: String,
-    /// DNS names, emails, URIs and IP addresses, in that order.
+    /// DNS names, emails, URIs and IP addresses, in certificate order.
     sans: Vec<String>,
 }
 
@@ -218,15 +219,22 @@ impl MtlsAuth {
         }
     }
 
-    /// SANs (DNS names, then emails: the kinds Kong matches) first, then the CN, like Kong;
-    /// the first identity with a consumer wins.
+    /// SANs first (DNS names and emails, the kinds Kong matches, in certificate order), then the
+    /// CN, like Kong; the first identity with a consumer wins.
     fn lookup(&self, leaf: &ClientCertificate) -> Option<String> {
         let by_san = leaf
-            .dns_names
+            .subject_alt_names
             .iter()
-            .chain(&leaf.emails)
-            .filter(|_| self.by_san);
-        let by_cn = leaf.common_names.iter().filter(|_| self.by_cn);
+            .filter(|_| self.by_san)
+            .filter_map(|san| match san {
+                SubjectAltName::Dns(name) | SubjectAltName::Email(name) => Some(name.as_str()),
+                SubjectAltName::Uri(_) | SubjectAltName::Ip(_) => None,
+            });
+        let by_cn = leaf
+            .common_names
+            .iter()
+            .map(String::as_str)
+            .filter(|_| self.by_cn);
         by_san
             .chain(by_cn)
             .find_map(|identity| self.consumers.get(identity).cloned())
@@ -268,17 +276,14 @@ impl MtlsAuth {
     }
 }
 
-/// The SANs that go into [`SAN_HEADER`]: DNS names, emails, URIs, IP addresses. Values no header
-/// may carry (control characters, which these string types forbid anyway) are left out.
+/// The SANs that go into [`SAN_HEADER`], in certificate order. Values no header may carry
+/// (control characters, which these string types forbid anyway) are left out.
 fn header_sans(leaf: &ClientCertificate) -> Vec<String> {
-    let printable = |s: &&String| !s.is_empty() && !s.chars().any(char::is_control);
-    leaf.dns_names
+    leaf.subject_alt_names
         .iter()
-        .chain(&leaf.emails)
-        .chain(&leaf.uris)
-        .chain(&leaf.ips)
-        .filter(printable)
-        .cloned()
+        .map(SubjectAltName::value)
+        .filter(|value| !value.is_empty() && !value.chars().any(char::is_control))
+        .map(str::to_owned)
         .collect()
 }
 

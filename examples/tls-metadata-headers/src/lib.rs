@@ -120,9 +120,8 @@ impl Plugin for TlsMetadataHeaders {
         for (_, name) in self.config.names() {
             request::remove_header(name)?;
         }
-        // The gateway reads the leaf once per connection; nothing is parsed here.
-        let leaf = match client_tls::get_client_certificate() {
-            Ok(Some(leaf)) => leaf,
+        let chain = match client_tls::get_full_client_certificate_chain() {
+            Ok(Some(chain)) => chain,
             Ok(None) => {
                 // Debug, not info: on a route open to clients without certificates this is every
                 // request.
@@ -135,14 +134,17 @@ impl Plugin for TlsMetadataHeaders {
                 log::debug("connection is not TLS: no client certificate forwarded");
                 return Ok(());
             }
+            Err(err) => return Err(err.into()),
+        };
+        // The gateway reads the leaf once per connection; nothing is parsed here.
+        let leaf = match client_tls::get_client_certificate() {
+            Ok(Some(leaf)) => leaf,
+            Ok(None) => return Ok(()),
             Err(Error::InvalidArgument(why)) => {
                 log::warn(&format!("{why}: nothing forwarded"));
                 return Ok(());
             }
             Err(err) => return Err(err.into()),
-        };
-        let Some(chain) = client_tls::get_full_client_certificate_chain()? else {
-            return Ok(());
         };
         let c = &self.config;
         request::set_header(&c.client_cert_header_name, &url_encode(&leaf.pem))?;

@@ -8,7 +8,7 @@ use std::sync::{Mutex, OnceLock};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tollgate_phases::{
-    ClientCertificate, ClientVerify, HostFunction, InvalidArgument, Phase, Target,
+    ClientCertificate, ClientVerify, HostFunction, InvalidArgument, Phase, SubjectAltName, Target,
 };
 
 use super::bindings::{
@@ -285,10 +285,16 @@ fn wit_certificate(leaf: &ClientCertificate) -> client_tls::ClientCertificate {
         serial: leaf.serial.clone(),
         fingerprint_sha1: leaf.fingerprint_sha1.clone(),
         fingerprint_sha256: leaf.fingerprint_sha256.clone(),
-        dns_names: leaf.dns_names.clone(),
-        emails: leaf.emails.clone(),
-        uris: leaf.uris.clone(),
-        ips: leaf.ips.clone(),
+        subject_alt_names: leaf
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                SubjectAltName::Dns(v) => client_tls::SubjectAltName::Dns(v.clone()),
+                SubjectAltName::Email(v) => client_tls::SubjectAltName::Email(v.clone()),
+                SubjectAltName::Uri(v) => client_tls::SubjectAltName::Uri(v.clone()),
+                SubjectAltName::Ip(v) => client_tls::SubjectAltName::Ip(v.clone()),
+            })
+            .collect(),
         not_before: leaf.not_before,
         not_after: leaf.not_after,
         pem: leaf.pem.clone(),

@@ -222,10 +222,16 @@ fn certificate_json(leaf: &tollgate_sdk::ClientCertificate) -> String {
         "serial": leaf.serial,
         "fingerprint-sha1": leaf.fingerprint_sha1,
         "fingerprint-sha256": leaf.fingerprint_sha256,
-        "dns-names": leaf.dns_names,
-        "emails": leaf.emails,
-        "uris": leaf.uris,
-        "ips": leaf.ips,
+        "subject-alt-names": leaf
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                tollgate_sdk::SubjectAltName::Dns(v) => serde_json::json!({ "dns": v }),
+                tollgate_sdk::SubjectAltName::Email(v) => serde_json::json!({ "email": v }),
+                tollgate_sdk::SubjectAltName::Uri(v) => serde_json::json!({ "uri": v }),
+                tollgate_sdk::SubjectAltName::Ip(v) => serde_json::json!({ "ip": v }),
+            })
+            .collect::<Vec<_>>(),
         "not-before": leaf.not_before,
         "not-after": leaf.not_after,
         "pem": leaf.pem,
