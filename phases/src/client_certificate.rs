@@ -76,6 +76,9 @@ impl ClientCertificate {
 }
 
 #[cfg(feature = "x509")]
+pub use read::certificate_pem;
+
+#[cfg(feature = "x509")]
 mod read {
     use std::fmt::Write as _;
     use std::net::IpAddr;
@@ -117,7 +120,7 @@ mod read {
                 ),
                 not_before: cert.validity().not_before.timestamp(),
                 not_after: cert.validity().not_after.timestamp(),
-                pem: pem(der),
+                pem: certificate_pem(der),
                 ..ClientCertificate::default()
             };
             if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -267,7 +270,10 @@ mod read {
         <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from)
     }
 
-    fn pem(der: &[u8]) -> String {
+    /// One certificate in the contract's PEM format (the chain format of
+    /// `get-full-client-certificate-chain`): `-----BEGIN CERTIFICATE-----`, base64 in lines of
+    /// 64, `-----END CERTIFICATE-----`, each line ended by LF.
+    pub fn certificate_pem(der: &[u8]) -> String {
         let b64 = STANDARD.encode(der);
         let mut out = String::with_capacity(b64.len() + b64.len() / PEM_LINE_LEN + 60);
         out.push_str("-----BEGIN CERTIFICATE-----\n");
