@@ -89,6 +89,8 @@ pub struct LoadedPlugin {
     phases: PhaseSet,
     pre: bindings::PluginWorldPre<PluginStore>,
     capacity: Arc<Capacity>,
+    /// Started when one of its calls runs out of time; see [`slow_lane`].
+    quarantine: Arc<slow_lane::Quarantine>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -246,6 +248,7 @@ impl Runtime {
             phases: PhaseSet::EMPTY,
             pre,
             capacity: self.inner.capacity.clone(),
+            quarantine: Arc::default(),
         });
         // One instance validates the configuration and says which phases the plugin handles.
         let probe = async {
