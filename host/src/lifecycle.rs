@@ -251,7 +251,7 @@ pub async fn run_request<Io: RequestIo>(
             .await
         }
     };
-    if exchange.state().response.is_none() {
+    if exchange.state().response.is_none() && exchange.has_phase(Phase::Log) {
         // Log-phase plugins see the response the client got, also when no filter ran.
         exchange.state_mut().response = Some(head.clone());
     }

@@ -13,6 +13,12 @@ use tollgate::gateway::{
 };
 use tollgate::runtime::Runtime;
 
+/// mimalloc rather than glibc's malloc: each request allocates and frees many small objects,
+/// often on another worker thread than the one that allocated them, and glibc's allocator was
+/// about a tenth of the gateway's CPU time on the keep-alive path (perf, `scripts/bench`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A TLS-terminating HTTP gateway extended by sandboxed WebAssembly plugins.
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version)]

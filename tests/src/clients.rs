@@ -231,7 +231,7 @@ impl TlsClient {
     }
 
     fn build(pki: &PkiFiles, versions: Versions, identity: Identity, any: bool) -> TlsClient {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let key = match identity {
             Identity::Anonymous => None,
             Identity::Chain => Some(

@@ -194,7 +194,7 @@ fn tls_config(root: &Path, alpn: &[&[u8]], client: Option<(&Path, &Path)>) -> ru
             .expect("root added");
     }
     let builder = rustls::ClientConfig::builder_with_provider(
-        rustls::crypto::ring::default_provider().into(),
+        rustls::crypto::aws_lc_rs::default_provider().into(),
     )
     .with_safe_default_protocol_versions()
     .expect("protocol versions")

@@ -62,15 +62,14 @@ pub async fn handle(
     let host = parts
         .uri
         .host()
-        .map(str::to_owned)
         .or_else(|| {
             parts
                 .headers
                 .get(HOST)
                 .and_then(|value| value.to_str().ok())
-                .map(|value| strip_port(value).to_owned())
+                .map(strip_port)
         })
-        .map(|host| host.to_ascii_lowercase());
+        .map(str::to_ascii_lowercase);
     let method = parts.method.as_str().to_owned();
     let query = parts.uri.query().map(str::to_owned);
     let received_uri = parts
@@ -98,7 +97,11 @@ pub async fn handle(
     );
 
     let checked = check(&shared, &connection, &parts, &body, host.as_deref()).and_then(|path| {
-        // Upstream and plugins get the normalized path, with the query as the client sent it.
+        // Upstream and plugins get the normalized path, with the query as the client sent it
+        // (an origin-form URI that is already normal stays as it is).
+        if parts.uri.scheme().is_none() && parts.uri.path() == path {
+            return Ok(path);
+        }
         let forwarded = match &query {
             Some(query) => format!("{path}?{query}"),
             None => path.clone(),
@@ -149,7 +152,9 @@ pub async fn handle(
 
     let (head_tx, head_rx) = oneshot::channel();
     let task_shared = shared.clone();
-    shared.tasks.spawn(async move {
+    // Boxed: the lifecycle's future is large, and a task moves its future a few times on the
+    // way into the scheduler and once more when it finishes; a box moves as a pointer.
+    shared.tasks.spawn(Box::pin(async move {
         let shared = task_shared;
         let mut io = GatewayIo {
             shared: &shared,
@@ -176,7 +181,7 @@ pub async fn handle(
                 lifecycle::answer(&mut io, draft, status, message).await;
             }
         }
-    });
+    }));
     match head_rx.await {
         Ok(response) => response,
         // The lifecycle task ended without a response head: it panicked.

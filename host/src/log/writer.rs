@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -13,6 +14,12 @@ use super::{Stats, WarnThrottle};
 
 /// Most lines gathered into one write.
 const MAX_BATCH: usize = 256;
+
+/// How long the writer waits for more lines once a batch has begun and is not full. Under load
+/// this makes one write (and one hand-off to the blocking pool, a thread wake-up) per many
+/// requests instead of one per few; when idle, a line reaches the file this much later. Flush
+/// and reopen requests do not wait.
+const LINGER: Duration = Duration::from_millis(5);
 
 pub(super) enum Command {
     Line(String),
@@ -185,9 +192,51 @@ fn count_lines(bytes: &[u8]) -> usize {
     bytes.iter().filter(|&&b| b == b'\n').count()
 }
 
-/// Writes queued lines in order, one batch (up to [`MAX_BATCH`] lines, or what is queued) per
-/// write; answers flush requests once what preceded them is written; reopens the output on a
-/// [`Command::Reopen`] or on `reopen_signal`. Ends when every sender is gone.
+/// What one batch holds so far.
+#[derive(Default)]
+struct Gathered {
+    lines: usize,
+    /// A reopen was asked for: the batch ends there.
+    reopen: bool,
+}
+
+impl Gathered {
+    fn take(
+        &mut self,
+        command: Command,
+        batch: &mut Vec<u8>,
+        waiting: &mut Vec<oneshot::Sender<()>>,
+    ) {
+        match command {
+            Command::Line(line) => {
+                batch.extend_from_slice(line.as_bytes());
+                self.lines += 1;
+            }
+            Command::Flush(done) => waiting.push(done),
+            Command::Reopen => self.reopen = true,
+        }
+    }
+
+    /// Takes what is queued, up to a full batch or a reopen.
+    fn drain(
+        &mut self,
+        commands: &mut mpsc::Receiver<Command>,
+        batch: &mut Vec<u8>,
+        waiting: &mut Vec<oneshot::Sender<()>>,
+    ) {
+        while self.lines < MAX_BATCH && !self.reopen {
+            match commands.try_recv() {
+                Ok(command) => self.take(command, batch, waiting),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Writes queued lines in order, one batch (up to [`MAX_BATCH`] lines, or what is queued
+/// within [`LINGER`] of the first) per write; answers flush requests once what preceded them
+/// is written; reopens the output on a [`Command::Reopen`] or on `reopen_signal`. Ends when
+/// every sender is gone.
 pub(super) async fn run(
     mut commands: mpsc::Receiver<Command>,
     mut output: LineWriter,
@@ -205,25 +254,14 @@ pub(super) async fn run(
             },
             () = reopen_signal.recv() => Command::Reopen,
         };
-        let mut next = Some(first);
-        let mut reopen = false;
-        let mut lines = 0;
-        while let Some(command) = next.take() {
-            match command {
-                Command::Line(line) => {
-                    batch.extend_from_slice(line.as_bytes());
-                    lines += 1;
-                }
-                Command::Flush(done) => waiting.push(done),
-                Command::Reopen => {
-                    reopen = true;
-                    break;
-                }
-            }
-            if lines < MAX_BATCH {
-                next = commands.try_recv().ok();
-            }
+        let mut gathered = Gathered::default();
+        gathered.take(first, &mut batch, &mut waiting);
+        gathered.drain(&mut commands, &mut batch, &mut waiting);
+        if gathered.lines < MAX_BATCH && !gathered.reopen && waiting.is_empty() {
+            tokio::time::sleep(LINGER).await;
+            gathered.drain(&mut commands, &mut batch, &mut waiting);
         }
+        let reopen = gathered.reopen;
         let bytes = batch.len();
         let done = tokio::task::spawn_blocking(move || {
             let written = if batch.is_empty() {

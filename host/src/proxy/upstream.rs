@@ -571,7 +571,7 @@ fn tls_connector(
     verify: bool,
     extra_ca: &[CertificateDer<'static>],
 ) -> Result<TlsConnector, UpstreamConfigError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::tls::provider();
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(UpstreamConfigError::Tls)?;

@@ -475,7 +475,7 @@ impl Checker<'_> {
         let cipher = match &raw.cipher {
             Some(c) => {
                 let tls13 = version == "TLSv1.3";
-                let known: Vec<&str> = rustls::crypto::ring::ALL_CIPHER_SUITES
+                let known: Vec<&str> = rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES
                     .iter()
                     .map(|s| cipher_name(s.suite()))
                     .filter(|name| name.starts_with("TLS_") == tls13)

@@ -164,7 +164,7 @@ impl ListenerTls {
             config.send_tls13_tickets = 0;
         } else {
             config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
-            config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+            config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
         }
         Ok(config)
     }

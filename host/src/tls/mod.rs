@@ -41,13 +41,27 @@ pub use names::{cipher_name, protocol_name};
 pub use pem::{PemError, encode_chain, parse_certificates, parse_private_key};
 pub use policy::TlsPolicy;
 
-/// The one crypto provider (ring) used by every config, verifier and signature check here.
+/// The one crypto provider (aws-lc-rs) used by every config, verifier and signature check of
+/// the gateway, the upstream client's included.
 ///
+/// Key exchange prefers the X25519 + ML-KEM-768 hybrid (post-quantum) when the client offers
+/// it, then X25519 and the NIST curves; named here so that no cargo feature changes it.
 /// Kept local rather than installed as the process default so this module never depends on
 /// start-up order.
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::{self, kx_group};
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .get_or_init(|| {
+            Arc::new(CryptoProvider {
+                kx_groups: vec![
+                    kx_group::X25519MLKEM768,
+                    kx_group::X25519,
+                    kx_group::SECP256R1,
+                    kx_group::SECP384R1,
+                ],
+                ..aws_lc_rs::default_provider()
+            })
+        })
         .clone()
 }

@@ -16,7 +16,7 @@ pub fn protocol_name(version: ProtocolVersion) -> &'static str {
 }
 
 /// OpenSSL's name of a cipher suite (`TLS_AES_256_GCM_SHA384`, `ECDHE-RSA-AES128-GCM-SHA256`);
-/// covers every suite of the ring provider, `unknown` for anything else.
+/// covers every suite of the aws-lc-rs provider, `unknown` for anything else.
 pub fn cipher_name(suite: CipherSuite) -> &'static str {
     match suite {
         CipherSuite::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384",
@@ -39,8 +39,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_ring_cipher_suite_has_an_openssl_name() {
-        for suite in rustls::crypto::ring::ALL_CIPHER_SUITES {
+    fn every_provider_cipher_suite_has_an_openssl_name() {
+        for suite in rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES {
             let name = cipher_name(suite.suite());
             assert_ne!(name, "unknown", "{:?}", suite.suite());
         }

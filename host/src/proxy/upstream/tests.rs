@@ -320,7 +320,7 @@ async fn tls_upstream() -> TlsUpstream {
     let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
 
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()

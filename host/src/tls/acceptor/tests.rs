@@ -78,7 +78,7 @@ impl Setup {
     ) -> (Arc<ClientConfig>, Arc<RecordingClientCert>) {
         let mut roots = RootCertStore::empty();
         roots.add(self.pki.root.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let key = chain.map(|chain| {
             Arc::new(CertifiedKey::from_der(chain, key_der(&self.pki.leaf_key), &provider).unwrap())
         });
@@ -279,7 +279,7 @@ async fn wrong_certificate_verify_signature_fails_the_handshake() {
     for versions in BOTH {
         let (mut client, _) = s.client(versions, None);
         // The client's certificate with somebody else's key: its CertificateVerify is wrong.
-        let provider = rustls::crypto::ring::default_provider();
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
         let other_key = rcgen::KeyPair::generate().unwrap();
         let signer = provider
             .key_provider
