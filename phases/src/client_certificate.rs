@@ -113,10 +113,10 @@ mod read {
                     .collect(),
                 serial: serial(cert.raw_serial()),
                 fingerprint_sha1: hex_lower(
-                    ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref(),
+                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref(),
                 ),
                 fingerprint_sha256: hex_lower(
-                    ring::digest::digest(&ring::digest::SHA256, der).as_ref(),
+                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref(),
                 ),
                 not_before: cert.validity().not_before.timestamp(),
                 not_after: cert.validity().not_after.timestamp(),
