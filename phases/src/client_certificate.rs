@@ -113,7 +113,8 @@ mod read {
                     .collect(),
                 serial: serial(cert.raw_serial()),
                 fingerprint_sha1: hex_lower(
-                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref(),
+                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der)
+                        .as_ref(),
                 ),
                 fingerprint_sha256: hex_lower(
                     aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref(),
