@@ -31,7 +31,9 @@ fn lift<T>(result: HostResult<T>) -> Result<T, Error> {
 
 /// Kong's `kong.client.tls`: the client's side of the TLS connection.
 pub mod client_tls {
+    use super::bindings::tollgate::plugin::client_tls::SubjectAltName as WitSan;
     use super::{Error, host, lift};
+    pub use tollgate_phases::{ClientCertificate, SubjectAltName};
 
     /// Requests (does not require) a client certificate in this handshake. `ca_certs` (PEM CA
     /// certificates) become the CertificateRequest's acceptable CA names, in order, and this
@@ -52,6 +54,37 @@ pub mod client_tls {
         lift(host::client_tls::get_full_client_certificate_chain())
     }
 
+    /// The client's leaf certificate as the gateway read it (once per connection): DNs as nginx
+    /// prints them, serial, fingerprints, SANs, validity and its PEM, so the plugin needs no
+    /// X.509 parser. `None` exactly when [`get_full_client_certificate_chain`] is `None`.
+    /// Phases: rewrite, access, balancer, header_filter, body_filter, log.
+    pub fn get_client_certificate() -> Result<Option<ClientCertificate>, Error> {
+        let leaf = lift(host::client_tls::get_client_certificate())?;
+        Ok(leaf.map(|leaf| ClientCertificate {
+            subject: leaf.subject,
+            issuer: leaf.issuer,
+            subject_legacy: leaf.subject_legacy,
+            issuer_legacy: leaf.issuer_legacy,
+            common_names: leaf.common_names,
+            serial: leaf.serial,
+            fingerprint_sha1: leaf.fingerprint_sha1,
+            fingerprint_sha256: leaf.fingerprint_sha256,
+            subject_alt_names: leaf
+                .subject_alt_names
+                .into_iter()
+                .map(|san| match san {
+                    WitSan::Dns(v) => SubjectAltName::Dns(v),
+                    WitSan::Email(v) => SubjectAltName::Email(v),
+                    WitSan::Uri(v) => SubjectAltName::Uri(v),
+                    WitSan::Ip(v) => SubjectAltName::Ip(v),
+                })
+                .collect(),
+            not_before: leaf.not_before,
+            not_after: leaf.not_after,
+            pem: leaf.pem,
+        }))
+    }
+
     /// Overrides `client_verify` in this request's log entry: `SUCCESS`, `NONE` or
     /// `FAILED:<reason>`. Phases: rewrite, access, balancer.
     pub fn set_client_verify(value: &str) -> Result<(), Error> {
@@ -60,7 +93,7 @@ pub mod client_tls {
 
     /// Verifies the client's chain against `ca_certs` (PEM) with the gateway's verifier and
     /// clock: `NONE`, `SUCCESS` or `FAILED:<reason>`, as `connection::client_verify` words it.
-    /// Sends nothing to the client. Phases: rewrite, access, balancer, header_filter,
+    /// Sends nothing to the client. The gateway keeps the answer with the connection per CA set. Phases: rewrite, access, balancer, header_filter,
     /// body_filter, log.
     pub fn verify_client_chain(ca_certs: &str) -> Result<String, Error> {
         lift(host::client_tls::verify_client_chain(ca_certs))

@@ -103,7 +103,7 @@ mod api;
 pub mod mock;
 
 pub use api::{balancer, client_tls, connection, context, log, request, response};
-pub use tollgate_phases::{ClientVerify, Phase, Target};
+pub use tollgate_phases::{ClientCertificate, ClientVerify, Phase, SubjectAltName, Target};
 pub use tollgate_sdk_macros::plugin;
 
 use std::fmt;

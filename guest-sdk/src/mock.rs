@@ -9,8 +9,13 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use tollgate_phases::{ClientVerify, HostFunction, InvalidArgument, Phase, Target};
+use tollgate_phases::{
+    ClientCertificate, ClientVerify, HostFunction, InvalidArgument, Phase, SubjectAltName, Target,
+};
 
+use crate::api::bindings::tollgate::plugin::client_tls::{
+    ClientCertificate as WitCertificate, SubjectAltName as WitSan,
+};
 use crate::api::bindings::tollgate::plugin::types::{Error as HostError, LogLevel as WitLevel};
 use crate::log::Level;
 
@@ -21,7 +26,8 @@ pub struct MockTls {
     pub version: String,
     /// OpenSSL cipher name.
     pub cipher: String,
-    /// The chain `get_full_client_certificate_chain` returns.
+    /// The chain `get_full_client_certificate_chain` returns; `get_client_certificate` reads
+    /// its first block.
     pub client_chain_pem: Option<String>,
     /// The handshake's verify result.
     pub client_verify: ClientVerify,
@@ -213,6 +219,33 @@ fn check_set_header(
     tollgate_phases::check_head_size(count, bytes).map_err(invalid)
 }
 
+/// The contract's facts as the generated bindings hand them over.
+fn wit_certificate(leaf: ClientCertificate) -> WitCertificate {
+    WitCertificate {
+        subject: leaf.subject,
+        issuer: leaf.issuer,
+        subject_legacy: leaf.subject_legacy,
+        issuer_legacy: leaf.issuer_legacy,
+        common_names: leaf.common_names,
+        serial: leaf.serial,
+        fingerprint_sha1: leaf.fingerprint_sha1,
+        fingerprint_sha256: leaf.fingerprint_sha256,
+        subject_alt_names: leaf
+            .subject_alt_names
+            .into_iter()
+            .map(|san| match san {
+                SubjectAltName::Dns(v) => WitSan::Dns(v),
+                SubjectAltName::Email(v) => WitSan::Email(v),
+                SubjectAltName::Uri(v) => WitSan::Uri(v),
+                SubjectAltName::Ip(v) => WitSan::Ip(v),
+            })
+            .collect(),
+        not_before: leaf.not_before,
+        not_after: leaf.not_after,
+        pem: leaf.pem,
+    }
+}
+
 fn tls(host: &MockHost) -> Result<&MockTls, HostError> {
     host.tls.as_ref().ok_or(HostError::NotTls)
 }
@@ -248,6 +281,18 @@ pub(crate) mod host {
         pub fn get_full_client_certificate_chain() -> Result<Option<String>, HostError> {
             call(HostFunction::GetFullClientCertificateChain, |host| {
                 Ok(tls(host)?.client_chain_pem.clone())
+            })
+        }
+
+        /// Read from the chain's first block by the gateway's own code (the contract crate), so
+        /// a plugin's unit tests see exactly the values the gateway gives.
+        pub fn get_client_certificate() -> Result<Option<WitCertificate>, HostError> {
+            call(HostFunction::GetClientCertificate, |host| {
+                let Some(chain) = tls(host)?.client_chain_pem.as_deref() else {
+                    return Ok(None);
+                };
+                let leaf = ClientCertificate::from_chain_pem(chain).map_err(invalid)?;
+                Ok(leaf.map(wit_certificate))
             })
         }
 

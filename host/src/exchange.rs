@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-use crate::tls::{ClientVerify, TlsPolicy};
+use crate::tls::{ClientChain, ClientVerify, TlsPolicy};
 use tollgate_phases::Target;
 
 /// What is known about the client's connection once the handshake is done.
@@ -30,9 +30,9 @@ pub struct TlsSession {
     pub version: String,
     /// OpenSSL's name of the cipher suite.
     pub cipher: String,
-    /// The client's chain in the contract's PEM format, as the client sent it; `None` when no
+    /// The client's chain as sent, with its PEM and the leaf's facts; `None` when no
     /// certificate was requested or none was sent.
-    pub client_chain_pem: Option<String>,
+    pub client_chain: Option<ClientChain>,
     /// The verify result of the handshake (spec §4), before any plugin override.
     pub client_verify: ClientVerify,
 }

@@ -30,6 +30,8 @@ pub enum InvalidArgument {
     Target(InvalidTarget),
     /// Not a `client_verify` value.
     ClientVerify(InvalidClientVerify),
+    /// The client's leaf is not an X.509 certificate the gateway can read; holds why.
+    ClientCertificate(String),
 }
 
 impl fmt::Display for InvalidArgument {
@@ -60,6 +62,9 @@ impl fmt::Display for InvalidArgument {
             }
             Self::Target(err) => err.fmt(f),
             Self::ClientVerify(err) => err.fmt(f),
+            Self::ClientCertificate(reason) => {
+                write!(f, "client certificate cannot be read: {reason}")
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The plugin contract of Tollgate: the phases a plugin runs in, the one table that says which
 //! host function may be called in which phase, and the typed values of the plugin API with their
 //! rules (upstream targets, `client_verify`, header names and values, status codes, bodies,
-//! context entries, log levels).
+//! context entries, log levels), and the client certificate's facts as the gateway reads them
+//! (the `x509` feature).
 //!
 //! Every side of the contract validates through this crate: the gateway on every host call, the
 //! guest SDK's native mock (so a plugin's unit tests see the gateway's errors, word for word),
@@ -28,6 +29,7 @@
 //! ```
 
 mod body;
+mod client_certificate;
 mod client_verify;
 mod context;
 mod error;
@@ -38,6 +40,9 @@ mod status;
 mod target;
 
 pub use body::{MAX_PLUGIN_BODY, check_body};
+#[cfg(feature = "x509")]
+pub use client_certificate::certificate_pem;
+pub use client_certificate::{ClientCertificate, SubjectAltName};
 pub use client_verify::{ClientVerify, InvalidClientVerify};
 pub use context::{MAX_CONTEXT_ENTRIES, MAX_CONTEXT_VALUE, check_context_set};
 pub use error::InvalidArgument;

@@ -160,6 +160,8 @@ pub enum HostFunction {
     DisableSessionReuse,
     /// `client-tls.get-full-client-certificate-chain`
     GetFullClientCertificateChain,
+    /// `client-tls.get-client-certificate`
+    GetClientCertificate,
     /// `client-tls.set-client-verify`
     SetClientVerify,
     /// `client-tls.verify-client-chain`
@@ -233,10 +235,11 @@ const RESPONSE: PhaseSet = PhaseSet::of(&[HeaderFilter, BodyFilter, Log]);
 
 impl HostFunction {
     /// Every host function, in WIT order.
-    pub const ALL: [HostFunction; 31] = [
+    pub const ALL: [HostFunction; 32] = [
         HostFunction::RequestClientCertificate,
         HostFunction::DisableSessionReuse,
         HostFunction::GetFullClientCertificateChain,
+        HostFunction::GetClientCertificate,
         HostFunction::SetClientVerify,
         HostFunction::VerifyClientChain,
         HostFunction::Sni,
@@ -275,9 +278,10 @@ impl HostFunction {
             HostFunction::RequestClientCertificate | HostFunction::DisableSessionReuse => {
                 PhaseSet::of(&[Certificate])
             }
-            HostFunction::GetFullClientCertificateChain | HostFunction::VerifyClientChain => {
-                PhaseSet::REQUEST
-            }
+            // The leaf's facts are read from the chain: wherever the chain is, and nowhere else.
+            HostFunction::GetFullClientCertificateChain
+            | HostFunction::GetClientCertificate
+            | HostFunction::VerifyClientChain => PhaseSet::REQUEST,
             HostFunction::SetClientVerify => PhaseSet::of(&[Rewrite, Access, Balancer]),
 
             HostFunction::Sni | HostFunction::IsTls | HostFunction::ClientAddress => PhaseSet::ALL,
@@ -321,6 +325,7 @@ impl HostFunction {
             HostFunction::GetFullClientCertificateChain => {
                 "client-tls.get-full-client-certificate-chain"
             }
+            HostFunction::GetClientCertificate => "client-tls.get-client-certificate",
             HostFunction::SetClientVerify => "client-tls.set-client-verify",
             HostFunction::VerifyClientChain => "client-tls.verify-client-chain",
             HostFunction::Sni => "connection.sni",
@@ -428,6 +433,22 @@ mod tests {
                 "{function:?}"
             );
         }
+    }
+
+    #[test]
+    fn client_certificate_facts_are_allowed_exactly_where_the_chain_is() {
+        assert_eq!(
+            HostFunction::GetClientCertificate.allowed_phases(),
+            HostFunction::GetFullClientCertificateChain.allowed_phases()
+        );
+        let err = HostFunction::GetClientCertificate
+            .check(Phase::Certificate)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "function cannot be called in certificate phase \
+             (only in: rewrite, access, balancer, header_filter, body_filter, log)"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use tollgate::exchange::{ConnectionFacts, RequestHead, TlsSession};
 use tollgate::pipeline::{Recording, run_certificate_phase};
 use tollgate::runtime::{LoadedPlugin, PluginSpec};
-use tollgate::tls::ClientVerify;
+use tollgate::tls::{ClientChain, ClientVerify};
 use tollgate_tests::examples_support::{cert, pem_for_toml, plugin_path};
 use tollgate_tests::{client_addr, exchange, get, load_spec, run_request_phases};
 
@@ -64,7 +64,7 @@ fn connection() -> Arc<ConnectionFacts> {
         tls: Some(TlsSession {
             version: "TLSv1.3".to_owned(),
             cipher: "TLS_AES_256_GCM_SHA384".to_owned(),
-            client_chain_pem: Some(chain),
+            client_chain: Some(ClientChain::from_pem(&chain).expect("a readable chain")),
             client_verify: ClientVerify::Success,
         }),
     })

@@ -26,7 +26,7 @@ use tollgate::Phase;
 use tollgate::exchange::{ConnectionFacts, ExchangeState, RequestHead, ResponseHead, TlsSession};
 use tollgate::pipeline::{Exchange, Recording, TraceEntry};
 use tollgate::runtime::{HostCall, LoadedPlugin, PluginError, PluginSpec, Runtime};
-use tollgate::tls::ClientVerify;
+use tollgate::tls::{ClientChain, ClientVerify};
 
 pub use pki::{PkiFiles, TestPki};
 
@@ -89,7 +89,7 @@ pub fn tls_connection(chain: Option<String>, verify: ClientVerify) -> Arc<Connec
         tls: Some(TlsSession {
             version: "TLSv1.3".to_string(),
             cipher: "TLS_AES_256_GCM_SHA384".to_string(),
-            client_chain_pem: chain,
+            client_chain: chain.map(|pem| ClientChain::from_pem(&pem).expect("a readable chain")),
             client_verify: verify,
         }),
     })

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::CertificateDer;
 
@@ -23,7 +23,8 @@ pub struct TestPki {
     pub root: Certificate,
     /// Intermediate CA signed by the root, `CN=Tollgate Test Intermediate CA`.
     pub intermediate: Certificate,
-    /// Client leaf signed by the intermediate, clientAuth EKU, `CN=test client`.
+    /// Client leaf signed by the intermediate, clientAuth EKU,
+    /// `O=Tollgate Test, OU=Clients, CN=test client`, with DNS, email, URI and IP SANs.
     pub leaf: Certificate,
     /// The client leaf's key.
     pub leaf_key: KeyPair,
@@ -92,7 +93,7 @@ impl TestPki {
         let int_issuer = Issuer::new(int_params, int_key);
 
         let leaf_key = generate_key();
-        let leaf = client_params("test client")
+        let leaf = named_client_params()
             .signed_by(&leaf_key, &int_issuer)
             .expect("client leaf");
 
@@ -216,6 +217,30 @@ fn ca_params(cn: &str) -> CertificateParams {
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+/// The main client leaf: a DN of three RDNs and a SAN of every kind the contract reports, so
+/// the gateway's certificate facts can be checked against OpenSSL's reading of it.
+fn named_client_params() -> CertificateParams {
+    let mut params = client_params("test client");
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Tollgate Test");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, "Clients");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "test client");
+    params.subject_alt_names = vec![
+        SanType::DnsName("client.tollgate.test".try_into().expect("ia5")),
+        SanType::Rfc822Name("client@tollgate.test".try_into().expect("ia5")),
+        SanType::URI("spiffe://tollgate.test/client".try_into().expect("ia5")),
+        SanType::IpAddress("192.0.2.7".parse().expect("ip")),
+        SanType::IpAddress("2001:db8::7".parse().expect("ip")),
     ];
     params
 }

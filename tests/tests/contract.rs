@@ -336,3 +336,118 @@ async fn an_implemented_header_filter_runs_without_being_listed() {
         ["ok"]
     );
 }
+
+/// What the scripted guest forwards of the leaf's facts: the WIT record's fields, as JSON.
+fn facts_json(leaf: &tollgate_sdk::ClientCertificate) -> Value {
+    json!({
+        "subject": leaf.subject,
+        "issuer": leaf.issuer,
+        "subject-legacy": leaf.subject_legacy,
+        "issuer-legacy": leaf.issuer_legacy,
+        "common-names": leaf.common_names,
+        "serial": leaf.serial,
+        "fingerprint-sha1": leaf.fingerprint_sha1,
+        "fingerprint-sha256": leaf.fingerprint_sha256,
+        "subject-alt-names": leaf
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                tollgate_sdk::SubjectAltName::Dns(v) => json!({ "dns": v }),
+                tollgate_sdk::SubjectAltName::Email(v) => json!({ "email": v }),
+                tollgate_sdk::SubjectAltName::Uri(v) => json!({ "uri": v }),
+                tollgate_sdk::SubjectAltName::Ip(v) => json!({ "ip": v }),
+            })
+            .collect::<Vec<_>>(),
+        "not-before": leaf.not_before,
+        "not-after": leaf.not_after,
+        "pem": leaf.pem,
+    })
+}
+
+/// `client-tls.get-client-certificate` in every phase: the host (the scripted guest, on a
+/// scenario whose connection presents a client chain, so the harness computes the facts
+/// natively) and the SDK's mock (on the same chain) give the same phase answers and the same
+/// facts.
+#[tokio::test(flavor = "multi_thread")]
+async fn get_client_certificate_answers_alike_in_host_harness_and_mock() {
+    let pki = tollgate_tests::TestPki::new();
+    let (_dir, files) = pki.write_temp().unwrap();
+    let call = json!({ "call": "get_client_certificate" });
+    let mut actions = serde_json::Map::new();
+    for phase in Phase::ALL {
+        let steps = match phase {
+            Phase::Certificate => json!([{ "call": "request_client_certificate" }, call]),
+            Phase::Access => json!([{ "call": "get_client_certificate", "to_header": "x-cert" }]),
+            _ => json!([call]),
+        };
+        actions.insert(phase.name().to_owned(), steps);
+    }
+    let text = format!(
+        "[plugin]\nconfig = {}\n[connection]\ntls = true\nclient_chain = {}\n\
+         [[requests]]\npath = \"/\"\n",
+        json_to_toml_inline(&json!({ "actions": actions })),
+        toml_string(&files.client_chain.display().to_string()),
+    );
+    let scenario = Scenario::from_toml_str(&text, ".").expect("the scenario parses");
+    let harness = Harness::new(Runtime::new().unwrap());
+    let report = harness.run(guests::SCRIPTED, &scenario).await.unwrap();
+    let connection = &report.connections[0];
+    let request = &connection.requests[0];
+    let chain = pki.client_chain_pem();
+
+    for phase in Phase::ALL {
+        let host: Vec<&str> = if phase == Phase::Certificate {
+            connection
+                .certificate_calls()
+                .into_iter()
+                .filter(|c| c.function == "client-tls.get-client-certificate")
+                .map(|c| c.result.as_str())
+                .collect()
+        } else {
+            request.call_results(phase, "client-tls.get-client-certificate")
+        };
+        assert_eq!(host.len(), 1, "{phase}: {host:?}\n{report}");
+        mock::install(MockHost {
+            phase,
+            tls: Some(MockTls::with_chain(&chain)),
+            ..MockHost::default()
+        });
+        match client_tls::get_client_certificate() {
+            Ok(facts) => {
+                assert!(facts.is_some(), "{phase}");
+                assert!(host[0].starts_with("ok: Some("), "{phase}: {}", host[0]);
+            }
+            Err(err) => assert_eq!(host[0], format!("error: {err}"), "{phase}"),
+        }
+    }
+    // Refused exactly where the chain is not known yet.
+    mock::install(MockHost {
+        phase: Phase::Certificate,
+        tls: Some(MockTls::with_chain(&chain)),
+        ..MockHost::default()
+    });
+    assert!(client_tls::get_client_certificate().is_err());
+
+    mock::install(MockHost {
+        phase: Phase::Access,
+        tls: Some(MockTls::with_chain(&chain)),
+        ..MockHost::default()
+    });
+    let mocked = client_tls::get_client_certificate().unwrap().unwrap();
+    let forwarded = request
+        .upstream_request
+        .as_ref()
+        .and_then(|up| up.header("x-cert"))
+        .expect("the access phase forwarded the facts");
+    let forwarded: Value = serde_json::from_str(
+        &percent_encoding::percent_decode_str(&forwarded)
+            .decode_utf8()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(forwarded, facts_json(&mocked));
+    assert_eq!(
+        mocked.pem,
+        tollgate_tests::pki::pem_chain(&[pki.leaf.der()])
+    );
+}

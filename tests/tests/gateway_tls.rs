@@ -944,3 +944,189 @@ async fn tls_and_plaintext_listeners_on_port_zero_run_side_by_side() {
             .is_none()
     );
 }
+
+// ---- the client leaf's facts (`client-tls.get-client-certificate`) ----
+
+/// `openssl x509 -in file -noout <args>`: OpenSSL's own reading of the certificate.
+fn openssl_x509(file: &std::path::Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("openssl")
+        .arg("x509")
+        .arg("-in")
+        .arg(file)
+        .arg("-noout")
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(output.status.success(), "openssl x509 {args:?} failed");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// The value after `key=` in one line of `openssl x509` output.
+fn after_equals(line: &str) -> &str {
+    line.split_once('=').map(|(_, value)| value).unwrap()
+}
+
+/// `2026-12-01 13:44:47Z` (`-dateopt iso_8601`) as Unix seconds.
+fn iso_8601_seconds(text: &str) -> i64 {
+    let digits = |range: std::ops::Range<usize>| text[range].parse::<i64>().unwrap();
+    let (year, month, day) = (digits(0..4), digits(5..7), digits(8..10));
+    let (hour, minute, second) = (digits(11..13), digits(14..16), digits(17..19));
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days * 86_400 + hour * 3_600 + minute * 60 + second
+}
+
+/// A fingerprint as OpenSSL prints it (`AB:CD:…`) in the contract's spelling (`abcd…`).
+fn fingerprint(line: &str) -> String {
+    after_equals(line).replace(':', "").to_ascii_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_facts_match_openssls_reading_of_the_same_leaf() {
+    let pki = Pki::new();
+    let plugin = scripted(
+        "facts",
+        "",
+        json!({
+            "certificate": [{ "call": "request_client_certificate" }],
+            "access": [{ "call": "get_client_certificate", "to_header": "x-cert", "propagate": true }],
+        }),
+    );
+    let gateway = pki.gateway("", &format!("{DEFAULT_ROUTE}{plugin}")).await;
+    let leaf_file = &pki.files.client_leaf;
+    let ossl = |args: &[&str]| openssl_x509(leaf_file, args);
+    let san_line = ossl(&["-ext", "subjectAltName"]);
+    // `DNS:a, email:b, URI:c, IP Address:d`, in certificate order. OpenSSL prints IPv6
+    // uncompressed and upper case: compare addresses, not spellings.
+    let sans: Vec<Value> = san_line
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .split(", ")
+        .map(|san| {
+            let (kind, value) = san.split_once(':').unwrap();
+            match kind {
+                "DNS" => json!({ "dns": value }),
+                "email" => json!({ "email": value }),
+                "URI" => json!({ "uri": value }),
+                "IP Address" => {
+                    let ip: std::net::IpAddr = value.parse().unwrap();
+                    json!({ "ip": ip.to_string() })
+                }
+                other => panic!("unexpected SAN kind {other}"),
+            }
+        })
+        .collect();
+    let dates = ossl(&["-startdate", "-enddate", "-dateopt", "iso_8601"]);
+    let mut dates = dates
+        .lines()
+        .map(|line| iso_8601_seconds(after_equals(line)));
+    let expected = json!({
+        "subject": after_equals(&ossl(&["-subject", "-nameopt", "RFC2253"])),
+        "issuer": after_equals(&ossl(&["-issuer", "-nameopt", "RFC2253"])),
+        "subject-legacy": after_equals(&ossl(&["-subject", "-nameopt", "compat"])),
+        "issuer-legacy": after_equals(&ossl(&["-issuer", "-nameopt", "compat"])),
+        "common-names": ["test client"],
+        "serial": after_equals(&ossl(&["-serial"])),
+        "fingerprint-sha1": fingerprint(&ossl(&["-fingerprint", "-sha1"])),
+        "fingerprint-sha256": fingerprint(&ossl(&["-fingerprint", "-sha256"])),
+        "subject-alt-names": sans,
+        "not-before": dates.next().unwrap(),
+        "not-after": dates.next().unwrap(),
+        "pem": std::fs::read_to_string(leaf_file).unwrap(),
+    });
+    // The leaf has a SAN of every kind, and a DN of several RDNs, so nothing above is vacuous.
+    assert_eq!(expected["subject-alt-names"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        expected["subject"],
+        "CN=test client,OU=Clients,O=Tollgate Test"
+    );
+
+    for versions in Versions::BOTH {
+        let client = TlsClient::new(&pki.files, versions, Identity::Chain);
+        let reply = client
+            .get(gateway.addr("https"), "localhost", "/facts")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{versions:?}");
+        let facts: Value =
+            serde_json::from_str(&decode(&reply.upstream_header("x-cert").unwrap())).unwrap();
+        assert_eq!(facts, expected, "{versions:?}");
+    }
+    // Without a certificate there are no facts, and no error.
+    let client = TlsClient::new(&pki.files, Versions::Tls13, Identity::Anonymous);
+    let reply = client
+        .get(gateway.addr("https"), "localhost", "/facts/none")
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.upstream_header("x-cert"), None);
+}
+
+// ---- plugins built against an older WIT ----
+
+/// A plugin built from source against `tollgate:plugin@0.1.0` (`wit/compat/`), with wit-bindgen
+/// and no SDK, loads in the `tollgate` binary and runs unchanged: the certificate phase asks for
+/// the chain, and in `access` every 0.1.0 function it calls answers as before, phase table
+/// included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_wit_0_1_0_runs_unchanged_in_the_tollgate_binary() {
+    let pki = Pki::new();
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(tollgate::proxy::echo::serve_echo(
+        echo,
+        std::future::pending(),
+    ));
+    let root = std::fs::read_to_string(&pki.files.root).unwrap();
+    let dir = pki.dir.path().display();
+    let config = format!(
+        r#"
+[[listeners]]
+name = "https"
+address = "127.0.0.1:0"
+[[listeners.certificates]]
+cert = "{dir}/server.pem"
+key = "{dir}/server.key"
+
+[[services]]
+name = "echo"
+targets = ["{echo_addr}"]
+
+{DEFAULT_ROUTE}
+[[plugins]]
+name = "built-against-0-1-0"
+path = "{guest}"
+config = {config}
+"#,
+        guest = tollgate_tests::guests::WIT_0_1_0,
+        config = toml_inline(&json!({ "ca": root })),
+    );
+    let gateway = tokio::task::block_in_place(|| {
+        tollgate_tests::binary::Tollgate::run(pki.dir.path(), &config)
+    });
+    for versions in Versions::BOTH {
+        let client = TlsClient::new(&pki.files, versions, Identity::Chain);
+        let reply = client
+            .get(gateway.addr("https"), "localhost", "/old")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{versions:?}");
+        let header = |name: &str| reply.upstream_header(name);
+        assert_eq!(header("x-old-chain-certs").as_deref(), Some("2"));
+        // The listener has no client CA bundle: the handshake's verdict is OpenSSL's for that.
+        assert_eq!(header("x-old-client-verify").as_deref(), Some(LOCAL_ISSUER));
+        assert_eq!(header("x-old-verify-chain").as_deref(), Some("SUCCESS"));
+        assert_eq!(
+            header("x-old-wrong-phase").as_deref(),
+            Some("function cannot be called in access phase (only in: certificate)")
+        );
+    }
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tollgate::pipeline::{Recording, run_certificate_phase};
 use tollgate::runtime::{
-    HostCall, LoadError, PluginFault, PluginSpec, WasmKind, componentize, wasm_kind,
+    HostCall, LoadError, PluginFault, PluginSpec, WIT_VERSION, WasmKind, componentize, wasm_kind,
 };
 use tollgate::tls::{ClientVerify, TlsPolicy, client_identity, encode_chain, parse_certificates};
 use tollgate::{HostFunction, Phase, PhaseSet};
@@ -581,7 +581,7 @@ async fn load_error_core_module_without_component_type_says_how_to_build_one() {
     assert_eq!(
         message,
         format!(
-            "plugin {}: missing export tollgate:plugin/handler@0.1.0 \
+            "plugin {}: missing export tollgate:plugin/handler@0.2.0 \
              (is the plugin's impl marked #[tollgate_sdk::plugin]?)",
             path.display()
         )
@@ -589,8 +589,8 @@ async fn load_error_core_module_without_component_type_says_how_to_build_one() {
 }
 
 /// The scripted guest as a component whose `tollgate:plugin` imports and exports all say
-/// `@0.2.0`: a plugin built against another version of the WIT package. The version strings have
-/// the same length, so swapping them keeps the binary well-formed.
+/// `@<version>`: a plugin built against another version of the WIT package. The version strings
+/// have the same length, so swapping them keeps the binary well-formed.
 fn component_with_wit_version(version: &str) -> Vec<u8> {
     let module = std::fs::read(guests::SCRIPTED).unwrap();
     let mut component = componentize(&module, Path::new(guests::SCRIPTED)).unwrap();
@@ -607,7 +607,7 @@ fn component_with_wit_version(version: &str) -> Vec<u8> {
     ];
     let mut replaced = 0;
     for interface in interfaces {
-        let from = format!("tollgate:plugin/{interface}@0.1.0");
+        let from = format!("tollgate:plugin/{interface}@{WIT_VERSION}");
         let to = format!("tollgate:plugin/{interface}@{version}");
         assert_eq!(from.len(), to.len());
         let mut at = 0;
@@ -632,7 +632,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 async fn load_error_component_built_against_another_wit_version_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("old-sdk.wasm");
-    let component = component_with_wit_version("0.2.0");
+    // Neither this version nor an older one this gateway still loads (0.1.0).
+    let component = component_with_wit_version("0.9.0");
     assert_eq!(wasm_kind(&component), Some(WasmKind::Component));
     std::fs::write(&path, component).unwrap();
     let err = load_error(&path, json!({})).await;
@@ -640,8 +641,8 @@ async fn load_error_component_built_against_another_wit_version_is_named() {
     let message = err.to_string();
     assert!(
         message.contains(&path.display().to_string())
-            && message.contains("tollgate:plugin@0.2.0")
-            && message.contains("tollgate:plugin@0.1.0"),
+            && message.contains("tollgate:plugin@0.9.0")
+            && message.contains(&format!("tollgate:plugin@{WIT_VERSION}")),
         "{message}"
     );
 }

@@ -1,91 +1,100 @@
-//! What mtls-auth reads from certificates: PEM to DER, and the names a client can be known by.
+//! What mtls-auth reads of certificates itself: only the framing of its own `ca_certificates`,
+//! to reject a broken setting at load. The client's certificate is read by the gateway
+//! (`client_tls::get_client_certificate`), and all verification is the gateway's.
 
-use std::net::IpAddr;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 
-use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
-use x509_parser::pem::Pem;
+const BEGIN: &str = "-----BEGIN ";
+const DASHES: &str = "-----";
 
-/// The certificates (DER) of a PEM text, in order. Errors when a block is malformed or is not a
-/// certificate; `what` names the text in the message.
-pub fn parse_pem(pem: &str, what: &str) -> Result<Vec<Vec<u8>>, String> {
-    Pem::iter_from_buffer(pem.as_bytes())
-        .enumerate()
-        .map(|(index, block)| {
-            let block = block.map_err(|err| format!("{what}: PEM block {index}: {err}"))?;
-            if block.label != "CERTIFICATE" {
-                return Err(format!(
-                    "{what}: PEM block {index} is a {}, not a CERTIFICATE",
-                    block.label
-                ));
-            }
-            Ok(block.contents)
-        })
-        .collect()
-}
-
-/// One subject alternative name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum San {
-    /// `dNSName`.
-    Dns(String),
-    /// `rfc822Name` (email).
-    Email(String),
-    /// `uniformResourceIdentifier`.
-    Uri(String),
-    /// `iPAddress`.
-    Ip(IpAddr),
-}
-
-impl San {
-    /// The kinds a consumer can be identified by (Kong: DNS names and emails).
-    pub fn identity(&self) -> Option<&str> {
-        match self {
-            San::Dns(name) | San::Email(name) => Some(name),
-            San::Uri(_) | San::Ip(_) => None,
+/// Checks that `pem` holds one or more `CERTIFICATE` blocks, each base64 of one DER SEQUENCE
+/// (the outer shape of every X.509 certificate). The gateway reads them in full when it verifies
+/// against them. `what` names the text in the message.
+pub fn check_certificates(pem: &str, what: &str) -> Result<(), String> {
+    let mut count = 0;
+    let mut rest = pem;
+    while let Some(start) = rest.find(BEGIN) {
+        let after = &rest[start + BEGIN.len()..];
+        let (label, body) = after
+            .split_once(DASHES)
+            .ok_or_else(|| format!("{what}: PEM block {count}: unterminated header"))?;
+        if label != "CERTIFICATE" {
+            return Err(format!(
+                "{what}: PEM block {count} is a {label}, not a CERTIFICATE"
+            ));
         }
-    }
-
-    /// The value as it goes into `X-Client-Cert-SAN`.
-    pub fn value(&self) -> String {
-        match self {
-            San::Dns(v) | San::Email(v) | San::Uri(v) => v.clone(),
-            San::Ip(ip) => ip.to_string(),
+        let end_marker = format!("-----END {label}-----");
+        let (base64, tail) = body
+            .split_once(&end_marker)
+            .ok_or_else(|| format!("{what}: PEM block {count}: no {end_marker}"))?;
+        let text: String = base64.split_whitespace().collect();
+        let der = STANDARD
+            .decode(text)
+            .map_err(|err| format!("{what}: certificate {count}: {err}"))?;
+        if !is_one_sequence(&der) {
+            return Err(format!(
+                "{what}: certificate {count}: not a DER certificate"
+            ));
         }
+        count += 1;
+        rest = tail;
     }
+    if count == 0 {
+        return Err(format!("{what}: no PEM certificate found"));
+    }
+    Ok(())
 }
 
-/// The certificate's SANs of the kinds above, in order. Values that could not be a header value
-/// (control characters, which these string types forbid anyway) are left out.
-pub fn sans(cert: &X509Certificate<'_>) -> Vec<San> {
-    let Ok(Some(extension)) = cert.subject_alternative_name() else {
-        return Vec::new();
+/// Whether `der` is exactly one DER SEQUENCE: tag 0x30 and a definite length that covers the
+/// rest of the bytes.
+fn is_one_sequence(der: &[u8]) -> bool {
+    let [0x30, first, rest @ ..] = der else {
+        return false;
     };
-    let printable = |s: &str| !s.is_empty() && !s.chars().any(char::is_control);
-    extension
-        .value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::DNSName(v) if printable(v) => Some(San::Dns((*v).to_string())),
-            GeneralName::RFC822Name(v) if printable(v) => Some(San::Email((*v).to_string())),
-            GeneralName::URI(v) if printable(v) => Some(San::Uri((*v).to_string())),
-            GeneralName::IPAddress(bytes) => ip(bytes).map(San::Ip),
-            _ => None,
-        })
-        .collect()
+    let (len, content) = match *first {
+        short @ 0..=0x7f => (usize::from(short), rest),
+        long @ 0x81..=0x84 => {
+            let width = usize::from(long & 0x7f);
+            let Some((len_bytes, content)) = rest.split_at_checked(width) else {
+                return false;
+            };
+            let len = len_bytes
+                .iter()
+                .fold(0usize, |len, &b| (len << 8) | usize::from(b));
+            (len, content)
+        }
+        _ => return false,
+    };
+    content.len() == len
 }
 
-fn ip(bytes: &[u8]) -> Option<IpAddr> {
-    if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
-        return Some(IpAddr::from(v4));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_blocks_must_be_one_der_sequence() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::default()
+            .self_signed(&key)
+            .expect("cert");
+        let two = format!("{}{}", cert.pem(), cert.pem());
+        assert_eq!(check_certificates(&two, "ca"), Ok(()));
+        let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert_eq!(
+            check_certificates(garbage, "ca"),
+            Err("ca: certificate 0: not a DER certificate".into())
+        );
+        let key_block = key.serialize_pem();
+        assert!(
+            check_certificates(&key_block, "ca")
+                .expect_err("a key")
+                .contains("not a CERTIFICATE")
+        );
+        assert_eq!(
+            check_certificates("not pem", "ca"),
+            Err("ca: no PEM certificate found".into())
+        );
     }
-    <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from)
-}
-
-/// The subject's common names, in order.
-pub fn common_names<'a>(cert: &'a X509Certificate<'_>) -> impl Iterator<Item = &'a str> {
-    cert.subject()
-        .iter_common_name()
-        .filter_map(|attr| attr.as_str().ok())
 }

@@ -7,18 +7,20 @@
 //! connection's trust anchors (`connection::client_verify`); without it the certificate is
 //! requested without names and the chain is checked against them in the access phase
 //! (`client_tls::verify_client_chain`), whatever the listener's own client CA bundle says.
+//!
+//! The certificate's names come from the gateway too (`client_tls::get_client_certificate`,
+//! read once per connection): the plugin carries no X.509 parser.
 
 pub mod cert;
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use tollgate_sdk::{Error, PhaseResult, Plugin, client_tls, connection, log, request, response};
-use x509_parser::certificate::X509Certificate;
-use x509_parser::prelude::FromDer;
+use tollgate_sdk::{
+    ClientCertificate, Error, PhaseResult, Plugin, SubjectAltName, client_tls, connection, log,
+    request, response,
+};
 
-use cert::San;
-use tollgate_example_support::dn;
 use tollgate_example_support::sni::Snis;
 
 /// Upstream header: the consumer's name.
@@ -115,7 +117,8 @@ impl Failure {
 struct Client {
     consumer: Option<String>,
     subject_dn: String,
-    sans: Vec<San>,
+    /// DNS names, emails, URIs and IP addresses, in certificate order.
+    sans: Vec<String>,
 }
 
 #[tollgate_sdk::plugin]
@@ -150,14 +153,7 @@ impl Plugin for MtlsAuth {
 
 impl MtlsAuth {
     fn new(config: Config) -> Result<Self, String> {
-        let ca_certs = cert::parse_pem(&config.ca_certificates, "ca_certificates")?;
-        if ca_certs.is_empty() {
-            return Err("ca_certificates: no PEM certificate found".into());
-        }
-        for (index, der) in ca_certs.iter().enumerate() {
-            X509Certificate::from_der(der)
-                .map_err(|err| format!("ca_certificates: certificate {index}: {err}"))?;
-        }
+        cert::check_certificates(&config.ca_certificates, "ca_certificates")?;
         if config.consumer_by.is_empty() {
             return Err("consumer_by must list \"cn\", \"san\" or both".into());
         }
@@ -182,28 +178,26 @@ impl MtlsAuth {
     }
 
     fn authenticate(&self) -> Result<Client, Failure> {
-        let pem = match client_tls::get_full_client_certificate_chain() {
-            Ok(Some(pem)) => pem,
+        let leaf = match client_tls::get_client_certificate() {
+            Ok(Some(leaf)) => Some(leaf),
             Ok(None) | Err(Error::NotTls) => return Err(Failure::NoCertificate),
+            // A leaf the gateway cannot read: the verdict below comes first, as OpenSSL's would.
+            Err(Error::InvalidArgument(_)) => None,
             Err(err) => return Err(Failure::Host(err)),
         };
         self.verify()?;
+        let leaf = leaf.ok_or_else(|| Failure::Verification("certificate verify failed".into()))?;
 
-        // Verified by the host; only the names are read here.
-        let unreadable = || Failure::Verification("certificate verify failed".into());
-        let chain = cert::parse_pem(&pem, "client chain").map_err(|_| unreadable())?;
-        let leaf_der = chain.first().ok_or_else(unreadable)?;
-        let (_, leaf) = X509Certificate::from_der(leaf_der).map_err(|_| unreadable())?;
-        let sans = cert::sans(&leaf);
+        // Verified by the host; only the names it read are used here.
         let consumer = if self.skip_consumer_lookup {
             None
         } else {
-            Some(self.lookup(&leaf, &sans).ok_or(Failure::ConsumerNotFound)?)
+            Some(self.lookup(&leaf).ok_or(Failure::ConsumerNotFound)?)
         };
         Ok(Client {
             consumer,
-            subject_dn: dn::rfc4514(leaf.subject()),
-            sans,
+            subject_dn: leaf.subject.clone(),
+            sans: header_sans(&leaf),
         })
     }
 
@@ -225,13 +219,22 @@ impl MtlsAuth {
         }
     }
 
-    /// SANs first, then the CN, like Kong; the first identity with a consumer wins.
-    fn lookup(&self, leaf: &X509Certificate<'_>, sans: &[San]) -> Option<String> {
-        let by_san = sans
+    /// SANs first (DNS names and emails, the kinds Kong matches, in certificate order), then the
+    /// CN, like Kong; the first identity with a consumer wins.
+    fn lookup(&self, leaf: &ClientCertificate) -> Option<String> {
+        let by_san = leaf
+            .subject_alt_names
             .iter()
             .filter(|_| self.by_san)
-            .filter_map(San::identity);
-        let by_cn = cert::common_names(leaf).filter(|_| self.by_cn);
+            .filter_map(|san| match san {
+                SubjectAltName::Dns(name) | SubjectAltName::Email(name) => Some(name.as_str()),
+                SubjectAltName::Uri(_) | SubjectAltName::Ip(_) => None,
+            });
+        let by_cn = leaf
+            .common_names
+            .iter()
+            .map(String::as_str)
+            .filter(|_| self.by_cn);
         by_san
             .chain(by_cn)
             .find_map(|identity| self.consumers.get(identity).cloned())
@@ -245,11 +248,10 @@ impl MtlsAuth {
             None => request::remove_header(CONSUMER_HEADER)?,
         }
         request::set_header(DN_HEADER, &client.subject_dn)?;
-        let sans: Vec<String> = client.sans.iter().map(San::value).collect();
-        if sans.is_empty() {
+        if client.sans.is_empty() {
             request::remove_header(SAN_HEADER)?;
         } else {
-            request::set_header(SAN_HEADER, &sans.join(","))?;
+            request::set_header(SAN_HEADER, &client.sans.join(","))?;
         }
         client_tls::set_client_verify("SUCCESS")?;
         Ok(())
@@ -272,6 +274,17 @@ impl MtlsAuth {
         request::remove_header(SAN_HEADER)?;
         Ok(())
     }
+}
+
+/// The SANs that go into [`SAN_HEADER`], in certificate order. Values no header may carry
+/// (control characters, which these string types forbid anyway) are left out.
+fn header_sans(leaf: &ClientCertificate) -> Vec<String> {
+    leaf.subject_alt_names
+        .iter()
+        .map(SubjectAltName::value)
+        .filter(|value| !value.is_empty() && !value.chars().any(char::is_control))
+        .map(str::to_owned)
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,8 +1,6 @@
 //! Helpers the example plugins share, kept in one crate so that each is written, and tested,
-//! once:
-//!
-//! - [`sni`]: the `snis` setting of Kong's TLS plugins (exact names and `*.` / `.*` wildcards);
-//! - [`dn`]: distinguished names as nginx's `$ssl_client_s_dn` prints them.
+//! once: [`sni`], the `snis` setting of Kong's TLS plugins (exact names and `*.` / `.*`
+//! wildcards). Certificates need no helper here: the gateway reads them
+//! (`client_tls::get_client_certificate`).
 
-pub mod dn;
 pub mod sni;

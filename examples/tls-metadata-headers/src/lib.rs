@@ -1,20 +1,14 @@
 //! Kong's `tls-metadata-headers` as a Tollgate plugin: forwards the client certificate to the
 //! upstream in request headers (URL-encoded PEM of the leaf and of the whole chain, serial number,
-//! issuer and subject DN, SHA-1 fingerprint), like nginx's `$ssl_client_*` variables.
+//! issuer and subject DN, SHA-1 fingerprint), like nginx's `$ssl_client_*` variables. The values
+//! are the gateway's (`client_tls::get_client_certificate`): the plugin parses no certificate.
 //!
 //! It does not ask for a certificate itself: pair it with `tls-handshake-modifier` (forward
 //! whatever the client sent) or `mtls-auth` (forward only authenticated clients).
 
-use std::fmt::Write;
-
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
-use sha1::{Digest, Sha1};
-use tollgate_example_support::dn;
 use tollgate_sdk::{Error, PhaseResult, Plugin, client_tls, log, request};
-use x509_parser::certificate::X509Certificate;
-use x509_parser::pem::Pem;
-use x509_parser::prelude::FromDer;
 
 /// RFC 3986's unreserved characters stay, everything else is `%XX` (as `ngx.escape_uri` and
 /// nginx's `$ssl_client_escaped_cert` do for PEM).
@@ -23,8 +17,6 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
-
-const END_MARKER: &str = "-----END CERTIFICATE-----";
 
 /// The header names, as configured.
 #[derive(Debug, Clone, Deserialize)]
@@ -144,77 +136,28 @@ impl Plugin for TlsMetadataHeaders {
             }
             Err(err) => return Err(err.into()),
         };
-        let Some(metadata) = Metadata::of(&chain) else {
-            log::warn("client certificate cannot be parsed: nothing forwarded");
-            return Ok(());
+        // The gateway reads the leaf once per connection; nothing is parsed here.
+        let leaf = match client_tls::get_client_certificate() {
+            Ok(Some(leaf)) => leaf,
+            Ok(None) => return Ok(()),
+            Err(Error::InvalidArgument(why)) => {
+                log::warn(&format!("{why}: nothing forwarded"));
+                return Ok(());
+            }
+            Err(err) => return Err(err.into()),
         };
         let c = &self.config;
-        request::set_header(&c.client_cert_header_name, &url_encode(metadata.leaf_pem))?;
+        request::set_header(&c.client_cert_header_name, &url_encode(&leaf.pem))?;
         request::set_header(&c.client_cert_chain_header_name, &url_encode(&chain))?;
-        request::set_header(&c.client_serial_header_name, &metadata.serial)?;
-        request::set_header(&c.client_cert_issuer_dn_header_name, &metadata.issuer_dn)?;
-        request::set_header(&c.client_cert_subject_dn_header_name, &metadata.subject_dn)?;
+        request::set_header(&c.client_serial_header_name, &leaf.serial)?;
+        request::set_header(&c.client_cert_issuer_dn_header_name, &leaf.issuer)?;
+        request::set_header(&c.client_cert_subject_dn_header_name, &leaf.subject)?;
         request::set_header(
             &c.client_cert_fingerprint_header_name,
-            &metadata.fingerprint,
+            &leaf.fingerprint_sha1,
         )?;
         Ok(())
     }
-}
-
-/// What is forwarded about the leaf.
-#[derive(Debug, PartialEq, Eq)]
-struct Metadata<'a> {
-    leaf_pem: &'a str,
-    serial: String,
-    issuer_dn: String,
-    subject_dn: String,
-    fingerprint: String,
-}
-
-impl<'a> Metadata<'a> {
-    /// Reads the leaf, the first certificate of the chain's PEM.
-    fn of(chain: &'a str) -> Option<Self> {
-        let end = chain.find(END_MARKER)? + END_MARKER.len();
-        let end = if chain[end..].starts_with('\n') {
-            end + 1
-        } else {
-            end
-        };
-        let leaf_pem = &chain[..end];
-        let der = Pem::iter_from_buffer(leaf_pem.as_bytes())
-            .next()?
-            .ok()?
-            .contents;
-        let (_, leaf) = X509Certificate::from_der(&der).ok()?;
-        Some(Metadata {
-            leaf_pem,
-            serial: serial(leaf.raw_serial()),
-            issuer_dn: dn::rfc4514(leaf.issuer()),
-            subject_dn: dn::rfc4514(leaf.subject()),
-            fingerprint: hex_lower(&Sha1::digest(&der)),
-        })
-    }
-}
-
-/// nginx's `$ssl_client_serial`: the integer's bytes in upper-case hex, without DER's leading
-/// zero byte (the sign padding).
-fn serial(raw: &[u8]) -> String {
-    let start = raw
-        .iter()
-        .position(|&b| b != 0)
-        .unwrap_or(raw.len().saturating_sub(1));
-    raw[start..].iter().fold(String::new(), |mut out, byte| {
-        let _ = write!(out, "{byte:02X}");
-        out
-    })
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut out, byte| {
-        let _ = write!(out, "{byte:02x}");
-        out
-    })
 }
 
 fn url_encode(text: &str) -> String {

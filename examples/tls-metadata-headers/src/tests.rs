@@ -9,6 +9,11 @@ use tollgate_sdk::log::Level;
 use tollgate_sdk::mock::{self, MockHost, MockTls};
 
 use super::*;
+use sha1::{Digest, Sha1};
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 struct Chain {
     leaf: Certificate,

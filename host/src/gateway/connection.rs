@@ -250,7 +250,7 @@ async fn serve_tls(
         tls: Some(TlsSession {
             version: facts.version.to_owned(),
             cipher: facts.cipher.to_owned(),
-            client_chain_pem: facts.client_chain.as_deref().map(tls::encode_chain),
+            client_chain: facts.client_chain.map(tls::ClientChain::new),
             client_verify: facts.client_verify,
         }),
     };

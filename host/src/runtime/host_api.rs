@@ -7,7 +7,9 @@ use std::fmt::Debug;
 use std::sync::{Mutex, OnceLock};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use tollgate_phases::{ClientVerify, HostFunction, InvalidArgument, Phase, Target};
+use tollgate_phases::{
+    ClientCertificate, ClientVerify, HostFunction, InvalidArgument, Phase, SubjectAltName, Target,
+};
 
 use super::bindings::{
     HostError, LogLevel, balancer, client_tls, connection, context, plugin_log, request, response,
@@ -17,8 +19,7 @@ use super::engine::MAX_LOG_LINE;
 use super::output::log_line;
 use super::store::{HostCall, Lent, PluginStore};
 use crate::exchange::{Context, EarlyResponse, ExchangeState, HandshakeState};
-use crate::tls::{self, TrustAnchors};
-use rustls_pki_types::UnixTime;
+use crate::tls::TrustAnchors;
 
 type HostResult<T> = Result<T, HostError>;
 
@@ -225,8 +226,22 @@ impl client_tls::Host for PluginStore {
         self.guarded(
             HostFunction::GetFullClientCertificateChain,
             String::new,
-            |store| Ok(store.tls_session()?.client_chain_pem.clone()),
+            |store| {
+                let chain = store.tls_session()?.client_chain.as_ref();
+                Ok(chain.map(|chain| chain.pem().to_owned()))
+            },
         )
+    }
+
+    fn get_client_certificate(&mut self) -> HostResult<Option<client_tls::ClientCertificate>> {
+        self.guarded(HostFunction::GetClientCertificate, String::new, |store| {
+            let Some(chain) = store.tls_session()?.client_chain.as_ref() else {
+                return Ok(None);
+            };
+            // Read once per connection (the chain keeps it); each call copies it to the guest.
+            let leaf = chain.leaf().map_err(|err| invalid(err.to_string()))?;
+            Ok(Some(wit_certificate(leaf)))
+        })
     }
 
     fn set_client_verify(&mut self, value: String) -> HostResult<()> {
@@ -249,14 +264,40 @@ impl client_tls::Host for PluginStore {
             || args,
             |store| {
                 let anchors = cached_anchors(&ca_certs)?;
-                let Some(pem) = store.tls_session()?.client_chain_pem.as_deref() else {
+                let Some(chain) = store.tls_session()?.client_chain.as_ref() else {
                     return Ok(ClientVerify::None.to_string());
                 };
-                let chain = tls::parse_certificates(pem)
-                    .map_err(|err| invalid(format!("client chain unreadable: {err}")))?;
-                Ok(tls::verify_client_chain(&chain, Some(&anchors), UnixTime::now()).to_string())
+                // Kept with the connection per anchor set: later requests ask for free.
+                Ok(chain.verify(&anchors).to_string())
             },
         )
+    }
+}
+
+/// The contract's facts as the WIT record.
+fn wit_certificate(leaf: &ClientCertificate) -> client_tls::ClientCertificate {
+    client_tls::ClientCertificate {
+        subject: leaf.subject.clone(),
+        issuer: leaf.issuer.clone(),
+        subject_legacy: leaf.subject_legacy.clone(),
+        issuer_legacy: leaf.issuer_legacy.clone(),
+        common_names: leaf.common_names.clone(),
+        serial: leaf.serial.clone(),
+        fingerprint_sha1: leaf.fingerprint_sha1.clone(),
+        fingerprint_sha256: leaf.fingerprint_sha256.clone(),
+        subject_alt_names: leaf
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                SubjectAltName::Dns(v) => client_tls::SubjectAltName::Dns(v.clone()),
+                SubjectAltName::Email(v) => client_tls::SubjectAltName::Email(v.clone()),
+                SubjectAltName::Uri(v) => client_tls::SubjectAltName::Uri(v.clone()),
+                SubjectAltName::Ip(v) => client_tls::SubjectAltName::Ip(v.clone()),
+            })
+            .collect(),
+        not_before: leaf.not_before,
+        not_after: leaf.not_after,
+        pem: leaf.pem.clone(),
     }
 }
 

@@ -16,7 +16,7 @@ use wasi_preview1_component_adapter_provider::{
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use super::bindings::{HANDLER_EXPORT, WIT_PACKAGE, WIT_VERSION};
+use super::bindings::{HANDLER_EXPORT, OLDER_WIT_VERSIONS, WIT_PACKAGE, WIT_VERSION};
 use super::error::LoadError;
 
 /// What kind of wasm a file holds.
@@ -120,8 +120,8 @@ pub fn compile(engine: &Engine, path: &Path) -> Result<Component, LoadError> {
     Ok(component)
 }
 
-/// Checks that the plugin speaks this host's version of `tollgate:plugin`, so a mismatch is
-/// reported as such instead of as a missing import.
+/// Checks that the plugin speaks this host's version of `tollgate:plugin` (or an older one it
+/// still loads), so a mismatch is reported as such instead of as a missing import.
 fn check_interface(engine: &Engine, component: &Component, path: &Path) -> Result<(), LoadError> {
     let ty = component.component_type();
     let ours = format!("{WIT_PACKAGE}/");
@@ -134,7 +134,8 @@ fn check_interface(engine: &Engine, component: &Component, path: &Path) -> Resul
             continue;
         };
         let version = rest.split_once('@').map(|(_, version)| version);
-        if version != Some(WIT_VERSION) {
+        let supported = |v| v == WIT_VERSION || OLDER_WIT_VERSIONS.contains(&v);
+        if !version.is_some_and(supported) {
             return Err(LoadError::WitVersion {
                 path: path.to_path_buf(),
                 found: match version {
@@ -145,7 +146,11 @@ fn check_interface(engine: &Engine, component: &Component, path: &Path) -> Resul
             });
         }
     }
-    if ty.get_export(engine, HANDLER_EXPORT).is_none() {
+    let handler_of = |version: &str| format!("{WIT_PACKAGE}/handler@{version}");
+    let exports_a_handler = std::iter::once(WIT_VERSION)
+        .chain(OLDER_WIT_VERSIONS.iter().copied())
+        .any(|version| ty.get_export(engine, &handler_of(version)).is_some());
+    if !exports_a_handler {
         return Err(LoadError::MissingExport {
             path: path.to_path_buf(),
             missing: HANDLER_EXPORT,

@@ -29,9 +29,9 @@ use std::time::Duration;
 
 use tollgate_phases::{Phase, PhaseSet};
 use wasmtime::Engine;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 
-pub use self::bindings::{HANDLER_EXPORT, WIT_PACKAGE, WIT_VERSION};
+pub use self::bindings::{HANDLER_EXPORT, OLDER_WIT_VERSIONS, WIT_PACKAGE, WIT_VERSION};
 pub use self::capacity::{Capacity, RuntimeLimits};
 pub use self::engine::{DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_LIMIT, MAX_MEMORY_LIMIT};
 pub use self::error::{LoadError, PluginError, PluginFault, Stage};
@@ -212,9 +212,7 @@ impl Runtime {
         let engine = engine::build_engine(limits.max_instances).map_err(RuntimeError::Engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .and_then(|()| {
-                bindings::PluginWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |store| store)
-            })
+            .and_then(|()| bindings::add_to_linker(&mut linker))
             .map_err(RuntimeError::Engine)?;
         engine::start_epoch_ticker(&engine).map_err(RuntimeError::EpochThread)?;
         Ok(Runtime {

@@ -21,7 +21,7 @@ use crate::log::{LogEntry, RequestLog, TlsLog};
 use crate::pipeline::{Exchange, Recording, run_certificate_phase};
 use crate::proxy::upstream::UpstreamError;
 use crate::runtime::{LoadError, LoadedPlugin, Runtime, RuntimeError};
-use crate::tls::{TlsPolicy, client_identity, encode_chain};
+use crate::tls::{ClientChain, TlsPolicy, client_identity};
 
 /// Why a scenario could not be run at all (a failed expectation is not an error).
 #[derive(Debug, thiserror::Error)]
@@ -156,12 +156,15 @@ async fn run_connection(
                 tls.client_chain.as_deref(),
                 tls.client_ca.as_ref(),
             );
-            report.client_chain_pem = chain_der.as_deref().map(encode_chain);
+            // The same chain type as a gateway connection: the leaf's facts and verify results
+            // are computed natively, by the gateway's code, from the scenario's certificates.
+            let client_chain = chain_der.map(ClientChain::new);
+            report.client_chain_pem = client_chain.as_ref().map(|c| c.pem().to_owned());
             report.client_verify = Some(verify.clone());
             session = Some(TlsSession {
                 version: tls.version.clone(),
                 cipher: tls.cipher.clone(),
-                client_chain_pem: report.client_chain_pem.clone(),
+                client_chain,
                 client_verify: verify,
             });
         }

@@ -11,11 +11,14 @@
 //!   never fail the handshake (only a bad CertificateVerify signature does); the chain is checked
 //!   afterwards by [`verify_client_chain`], which gives nginx/OpenSSL-style `client_verify` values.
 //! - [`chain_check`]: trust anchors, that chain check, and the `set_client_verify` value rule.
+//! - [`client_chain`]: the chain as a connection keeps it, with the leaf's facts and the verify
+//!   results plugins asked for, each computed once per connection.
 //! - [`pem`]: PEM in and out; the chain format of `get_full_client_certificate_chain`.
 //! - [`names`]: OpenSSL's names of protocol versions and cipher suites, as logged.
 
 pub mod acceptor;
 pub mod chain_check;
+pub mod client_chain;
 pub mod listener;
 pub mod names;
 pub mod pem;
@@ -33,6 +36,7 @@ use rustls::crypto::CryptoProvider;
 
 pub use acceptor::{ClientHelloInfo, HandshakeError, TlsFacts, accept, client_identity};
 pub use chain_check::{ClientVerify, InvalidClientVerify, TrustAnchors, verify_client_chain};
+pub use client_chain::ClientChain;
 pub use listener::{ListenerTls, ServerCertificate, TlsError};
 pub use names::{cipher_name, protocol_name};
 pub use pem::{PemError, encode_chain, parse_certificates, parse_private_key};

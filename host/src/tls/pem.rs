@@ -3,12 +3,7 @@
 //! [`encode_chain`] writes the exact chain format of `get_full_client_certificate_chain`
 //! (LF only, 64-column base64, no blank lines), so a client's bundle file comes back byte for byte.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
-/// Width of a base64 line inside a PEM block (RFC 7468).
-const PEM_LINE_LEN: usize = 64;
 
 /// Why PEM text could not be turned into certificates or a key.
 #[derive(Debug, thiserror::Error)]
@@ -35,21 +30,11 @@ pub enum PemError {
 /// Encodes certificates as PEM, in the given order: each one
 /// `-----BEGIN CERTIFICATE-----\n`, base64 in lines of 64, `-----END CERTIFICATE-----\n`.
 pub fn encode_chain(certs: &[CertificateDer<'_>]) -> String {
-    let mut out = String::new();
-    for cert in certs {
-        let b64 = STANDARD.encode(cert.as_ref());
-        out.push_str("-----BEGIN CERTIFICATE-----\n");
-        // base64 output is ASCII, so splitting on any byte offset is a char boundary.
-        let mut rest = b64.as_str();
-        while !rest.is_empty() {
-            let (line, tail) = rest.split_at(rest.len().min(PEM_LINE_LEN));
-            out.push_str(line);
-            out.push('\n');
-            rest = tail;
-        }
-        out.push_str("-----END CERTIFICATE-----\n");
-    }
-    out
+    // The format is the contract's: the leaf's `pem` fact is written by the same function.
+    certs
+        .iter()
+        .map(|cert| tollgate_phases::certificate_pem(cert.as_ref()))
+        .collect()
 }
 
 /// Parses every `CERTIFICATE` block of `pem`, in order, and checks each is valid X.509.

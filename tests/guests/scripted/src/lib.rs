@@ -25,6 +25,7 @@
 //! | `request_client_certificate` | `ca_certs`? | `client-tls.request-client-certificate` |
 //! | `disable_session_reuse` | | `client-tls.disable-session-reuse` |
 //! | `get_full_client_certificate_chain` | `to_header`?, `to_context`? | the chain call; a chain it gets is copied percent-encoded into that request header and/or verbatim into that context key |
+//! | `get_client_certificate` | `to_header`? | `client-tls.get-client-certificate`; the leaf's facts, as JSON with the WIT record's field names, go percent-encoded into that request header |
 //! | `set_client_verify` | `value` | `client-tls.set-client-verify` |
 //! | `client_tls_all` | | all four client-TLS functions, in WIT order (no CA names, value `SUCCESS`) |
 //! | `client_tls_report` | `value`? (`SUCCESS`), `to_header`?, `to_response_header`?, `to_context`?, `fail`? | all four client-TLS functions, in WIT order (no CA names, `set_client_verify(value)`); their results, as the JSON report below, go percent-encoded into that request and/or response header, verbatim into that context key, and with `"fail": true` become the phase's error message |
@@ -82,6 +83,10 @@ enum Action {
         to_header: Option<String>,
         #[serde(default)]
         to_context: Option<String>,
+    },
+    GetClientCertificate {
+        #[serde(default)]
+        to_header: Option<String>,
     },
     SetClientVerify {
         value: String,
@@ -206,6 +211,34 @@ impl Scripted {
     }
 }
 
+/// The gateway's facts of the leaf as JSON, field names as in the WIT record.
+fn certificate_json(leaf: &tollgate_sdk::ClientCertificate) -> String {
+    serde_json::json!({
+        "subject": leaf.subject,
+        "issuer": leaf.issuer,
+        "subject-legacy": leaf.subject_legacy,
+        "issuer-legacy": leaf.issuer_legacy,
+        "common-names": leaf.common_names,
+        "serial": leaf.serial,
+        "fingerprint-sha1": leaf.fingerprint_sha1,
+        "fingerprint-sha256": leaf.fingerprint_sha256,
+        "subject-alt-names": leaf
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                tollgate_sdk::SubjectAltName::Dns(v) => serde_json::json!({ "dns": v }),
+                tollgate_sdk::SubjectAltName::Email(v) => serde_json::json!({ "email": v }),
+                tollgate_sdk::SubjectAltName::Uri(v) => serde_json::json!({ "uri": v }),
+                tollgate_sdk::SubjectAltName::Ip(v) => serde_json::json!({ "ip": v }),
+            })
+            .collect::<Vec<_>>(),
+        "not-before": leaf.not_before,
+        "not-after": leaf.not_after,
+        "pem": leaf.pem,
+    })
+    .to_string()
+}
+
 /// Runs one action. The outer error fails the phase whatever `propagate` says (`fail`); the inner
 /// one is the host's answer.
 fn perform(action: &Action, chunk: &[u8]) -> Result<Result<(), Error>, PhaseError> {
@@ -227,6 +260,13 @@ fn perform(action: &Action, chunk: &[u8]) -> Result<Result<(), Error>, PhaseErro
             }
             Ok(())
         }),
+        Action::GetClientCertificate { to_header } => client_tls::get_client_certificate()
+            .and_then(|leaf| {
+                let (Some(leaf), Some(name)) = (leaf, to_header) else {
+                    return Ok(());
+                };
+                request::set_header(name, &percent_encode(&certificate_json(&leaf)))
+            }),
         Action::SetClientVerify { value } => client_tls::set_client_verify(value),
         Action::ClientTlsAll => {
             // Every call is made even after an error; the first error is the result.
