@@ -339,7 +339,12 @@ async fn out_of_instance_slots_a_request_gets_503_with_retry_after_and_fail_open
 }
 
 /// Sends `count` GETs of `path`, `parallel` at a time, and returns every reply's status and body.
-async fn replies(addr: SocketAddr, path: &'static str, count: usize, parallel: usize) -> Vec<String> {
+async fn replies(
+    addr: SocketAddr,
+    path: &'static str,
+    count: usize,
+    parallel: usize,
+) -> Vec<String> {
     let mut seen = Vec::with_capacity(count);
     for _ in 0..count.div_ceil(parallel) {
         let batch: Vec<_> = (0..parallel)
@@ -374,7 +379,10 @@ async fn a_request_never_reads_what_an_earlier_request_wrote_into_plugin_memory(
     let addr = gateway.addr("http");
     for path in ["/bad", "/fallback"] {
         for seen in replies(addr, path, 200, 4).await {
-            assert_eq!(seen, "200 initial image", "{path}: a fresh instance saw {seen}");
+            assert_eq!(
+                seen, "200 initial image",
+                "{path}: a fresh instance saw {seen}"
+            );
         }
     }
     let fallback = |line: &str| line.contains("no configured snapshot");

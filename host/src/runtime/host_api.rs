@@ -407,9 +407,9 @@ impl response::Host for PluginStore {
         body: Vec<u8>,
     ) -> HostResult<()> {
         // Rendered before `body` moves, and only when recording.
-        let args = self.recording().then(|| {
-            format!("{status}, {headers:?}, <{} bytes>", body.len())
-        });
+        let args = self
+            .recording()
+            .then(|| format!("{status}, {headers:?}, <{} bytes>", body.len()));
         self.guarded(
             HostFunction::Exit,
             || args.unwrap_or_default(),

@@ -89,7 +89,11 @@ impl PluginInstance {
     ) -> Result<(Self, Instance), PluginError> {
         let (mut store, slot) = new_store(plugin, false)?;
         let instantiated = async {
-            let instance = plugin.pre.instance_pre().instantiate_async(&mut store).await?;
+            let instance = plugin
+                .pre
+                .instance_pre()
+                .instantiate_async(&mut store)
+                .await?;
             let bindings = bindings::PluginWorld::new(&mut store, &instance)?;
             Ok((instance, bindings))
         };

@@ -233,7 +233,10 @@ impl Runtime {
 
     /// Starts the engine with `limits` and snapshots `snapshots`, its epoch ticker and the
     /// sandbox's linker.
-    pub fn with_options(limits: RuntimeLimits, snapshots: Snapshots) -> Result<Runtime, RuntimeError> {
+    pub fn with_options(
+        limits: RuntimeLimits,
+        snapshots: Snapshots,
+    ) -> Result<Runtime, RuntimeError> {
         let engine = engine::build_engine(limits.max_instances).map_err(RuntimeError::Engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -281,7 +284,10 @@ impl Runtime {
                          instance: {reason}"
                     );
                 }
-                (file.plain(engine, &spec.path).await?, StartImage::Unconfigured(reason))
+                (
+                    file.plain(engine, &spec.path).await?,
+                    StartImage::Unconfigured(reason),
+                )
             }
         };
         let plugin = Arc::new(self.unprobed(&spec, &component, config_json, image)?);

@@ -20,6 +20,9 @@ use super::images;
 use super::instance::PluginInstance;
 use super::store::{PluginStore, begin_call};
 
+/// The deadline for reading a configured instance's state out.
+const STATE_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Configures one instance of `plugin` (whose image is `component_bytes` instrumented) and
 /// snapshots it. The outer error is the plugin's (it refused its configuration, trapped, ran out
 /// of time or memory): the load fails. The inner one says why there is no snapshot: the plugin
@@ -30,9 +33,11 @@ pub(super) async fn take(
 ) -> Result<Result<Vec<u8>, String>, PluginError> {
     let (mut instance, raw) = PluginInstance::configured_for_snapshot(plugin).await?;
     if instance.store_mut().data().holds_host_resources() {
-        return Ok(Err("configure left live WASI resources (such as an open stdout stream), \
+        return Ok(Err(
+            "configure left live WASI resources (such as an open stdout stream), \
              which live in the host and cannot be part of a snapshot"
-            .to_owned()));
+                .to_owned(),
+        ));
     }
     // On a task of its own, so that a panic in wizer costs this plugin its snapshot, not the
     // process its load.
@@ -56,6 +61,10 @@ async fn snapshot(
     let (context, _) = wizer
         .instrument_component(component_bytes)
         .map_err(|err| format!("wizer cannot instrument it: {err:#}"))?;
+    // Reading the state runs wizer's accessors, not plugin code: a large memory (an interpreter's
+    // heap) may take longer than the plugin's own deadline to copy out, and must not lose its
+    // snapshot to that.
+    store.data_mut().time_limit = STATE_READ_LIMIT;
     begin_call(store);
     let mut state = SnapshotAccess {
         store,
@@ -133,7 +142,9 @@ impl ComponentInstanceState for SnapshotAccess<'_> {
         contents: impl FnOnce(&[u8]) + Send,
     ) {
         let list = self
-            .call(instance, func, |_, list: WasmList<u8>| MaybeList(Some(list)))
+            .call(instance, func, |_, list: WasmList<u8>| {
+                MaybeList(Some(list))
+            })
             .await;
         match list.0 {
             Some(list) => contents(list.as_le_slice(&*self.store)),
