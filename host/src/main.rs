@@ -112,7 +112,7 @@ fn report(err: GatewayError) -> anyhow::Result<bool> {
     }
 }
 
-async fn serve(gateway: Gateway) -> anyhow::Result<bool> {
+async fn serve(mut gateway: Gateway) -> anyhow::Result<bool> {
     gateway.raise_open_file_limit();
     for (name, addr) in gateway.local_addrs() {
         tracing::info!(listener = %name, %addr, "listening");

@@ -128,13 +128,33 @@ impl Tollgate {
 
     /// [`Tollgate::run`] with extra environment variables.
     pub fn run_with(dir: &Path, config: &str, env: &[(&str, &str)]) -> Tollgate {
+        Self::launch(dir, config, env, None)
+    }
+
+    /// [`Tollgate::run`] under an open-file limit (soft and hard), as a service manager's
+    /// `LimitNOFILE` or `ulimit -n` would start it; `prlimit` (util-linux) sets it.
+    pub fn run_with_open_files(dir: &Path, config: &str, open_files: u64) -> Tollgate {
+        Self::launch(dir, config, &[], Some(open_files))
+    }
+
+    fn launch(dir: &Path, config: &str, env: &[(&str, &str)], open_files: Option<u64>) -> Tollgate {
         let path = dir.join("tollgate.toml");
         std::fs::write(&path, config).expect("config written");
         let listeners = config
             .lines()
             .filter(|line| line.trim() == "[[listeners]]")
             .count();
-        let mut command = Command::new(tollgate_binary());
+        let mut command = match open_files {
+            None => Command::new(tollgate_binary()),
+            Some(limit) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit
+                    .arg(format!("--nofile={limit}:{limit}"))
+                    .arg("--")
+                    .arg(tollgate_binary());
+                prlimit
+            }
+        };
         command
             .args(["run", "--config"])
             .arg(&path)

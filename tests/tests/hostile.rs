@@ -38,6 +38,11 @@ impl Gateway {
     /// Starts the binary on `config`, after replacing `{{echo}}` (the echo upstream's address),
     /// `{{dir}}` (a temp dir with the test PKI's files) and `{{scripted}}` (the scripted guest).
     async fn start(config: &str) -> Gateway {
+        Self::start_with_open_files(config, None).await
+    }
+
+    /// [`Gateway::start`], with the process's open-file limit set to `open_files` when given.
+    async fn start_with_open_files(config: &str, open_files: Option<u64>) -> Gateway {
         let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
         let echo_addr = echo.local_addr().expect("echo address");
         tokio::spawn(tollgate::proxy::echo::serve_echo(
@@ -51,7 +56,10 @@ impl Gateway {
             .replace("{{dir}}", &dir.path().display().to_string())
             .replace("{{scripted}}", guests::SCRIPTED);
         let path = dir.path().to_owned();
-        let tollgate = tokio::task::block_in_place(|| Tollgate::run(&path, &text));
+        let tollgate = tokio::task::block_in_place(|| match open_files {
+            None => Tollgate::run(&path, &text),
+            Some(limit) => Tollgate::run_with_open_files(&path, &text, limit),
+        });
         Gateway {
             tollgate,
             pki,
@@ -473,6 +481,106 @@ async fn over_the_connection_cap_new_connections_are_closed_at_once_and_the_rest
     assert_eq!(served_again, 200);
     let warnings = gateway.tollgate.stderr().join("\n");
     assert!(warnings.contains("connection cap reached"), "{warnings}");
+}
+
+/// Started as a service manager with `LimitNOFILE=1024` would start it, with the default
+/// `max_connections` (4096) far past what 1,024 descriptors hold: the gateway lowers the cap to
+/// fit, so a flood of idle connections is refused at the cap instead of exhausting descriptors,
+/// and once the idle ones reach their deadline new clients are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_1024_open_file_limit_an_idle_flood_is_capped_and_new_clients_served_after_the_deadline()
+ {
+    const OPEN_FILES: u64 = 1024;
+    // The gateway keeps 64 descriptors for itself and two per connection (client, upstream).
+    const CAP: usize = 480;
+    const FLOOD: usize = 1100;
+    let header_timeout = Duration::from_secs(2);
+    // This process holds the flood's client ends.
+    rlimit::increase_nofile_limit(4096).expect("raise this test's open-file limit");
+    let gateway = Gateway::start_with_open_files(
+        &config("header_timeout = \"2s\"", CATCH_ALL),
+        Some(OPEN_FILES),
+    )
+    .await;
+    let addr = gateway.addr();
+    let lowered = |line: &str| {
+        line.contains("lowered the cap") && line.contains(&format!("max_connections={CAP}"))
+    };
+    assert!(
+        gateway
+            .tollgate
+            .wait_for_stderr(Duration::from_secs(5), lowered),
+        "no warning that the cap was lowered to {CAP}:\n{}",
+        gateway.tollgate.stderr().join("\n")
+    );
+
+    // 1,100 connections that send nothing.
+    let flood_started = Instant::now();
+    let mut flood = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        flood.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    // Those past the cap are closed at once; the others stay open until their deadline.
+    tokio::time::sleep_until((flood_started + header_timeout / 2).into()).await;
+    let mut closed_at_once = 0;
+    let mut still_open = Vec::new();
+    for tcp in flood {
+        let mut byte = [0u8; 1];
+        match tcp.try_read(&mut byte) {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => still_open.push(tcp),
+            Ok(0) | Err(_) => closed_at_once += 1,
+            Ok(_) => panic!("an idle connection got bytes"),
+        }
+    }
+    assert!(
+        still_open.len() <= CAP && still_open.len() + 16 >= CAP,
+        "{} of {FLOOD} stayed open (cap {CAP})",
+        still_open.len()
+    );
+    assert_eq!(closed_at_once + still_open.len(), FLOOD);
+
+    // At their deadline the idle ones are closed, and a new client is served again.
+    let served = within(
+        header_timeout + Duration::from_secs(5),
+        async {
+            loop {
+                // Refused (closed at once) while the cap is full.
+                let attempt = async {
+                    let mut tcp = TcpStream::connect(addr).await.ok()?;
+                    tcp.write_all(request_head("GET", "/after", &[]).as_bytes())
+                        .await
+                        .ok()?;
+                    read_response(&mut tcp).await.ok()
+                };
+                if let Ok(Some(reply)) = tokio::time::timeout(Duration::from_secs(1), attempt).await
+                {
+                    break reply;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+        "a new client to be served after the idle flood's deadline",
+    )
+    .await;
+    assert_eq!(served.status, 200);
+    assert_deadline(
+        "serving again after the idle flood",
+        flood_started.elapsed(),
+        header_timeout,
+    );
+    for mut tcp in still_open {
+        within(
+            Duration::from_secs(2),
+            wait_closed(&mut tcp),
+            "idle connection closed",
+        )
+        .await;
+    }
+    let stderr = gateway.tollgate.stderr().join("\n");
+    assert!(
+        !stderr.contains("Too many open files"),
+        "the gateway ran out of descriptors:\n{stderr}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

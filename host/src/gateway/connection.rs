@@ -91,14 +91,26 @@ pub(super) async fn accept_loop(
     });
     let mut refused = 0u64;
     let mut warned: Option<Instant> = None;
+    let mut failed_accepts = 0u64;
+    let mut failure_warned: Option<Instant> = None;
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = socket.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(listener = %scope.name, %err, "accept failed");
+                    // Out of file descriptors and the like: back off instead of spinning, and
+                    // say so once per interval, not once per attempt.
+                    failed_accepts += 1;
+                    if failure_warned.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_INTERVAL) {
+                        tracing::warn!(
+                            listener = %scope.name,
+                            %err,
+                            failed = failed_accepts,
+                            "accept failed"
+                        );
+                        failure_warned = Some(Instant::now());
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

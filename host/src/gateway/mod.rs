@@ -366,10 +366,12 @@ impl Gateway {
     }
 
     /// Raises the process's open-file soft limit to its hard limit (each client connection
-    /// holds a descriptor, and one more upstream while its request is in flight), and warns when
-    /// even that is below what the listeners' `max_connections` may need. Returns the new soft
-    /// limit. Unix only; elsewhere it does nothing.
-    pub fn raise_open_file_limit(&self) -> Option<u64> {
+    /// holds a descriptor, and one more upstream while its request is in flight). When even that
+    /// is below what the listeners' `max_connections` may need, lowers their caps to fit, so a
+    /// connection past it is refused at once and the rest are served, instead of every accept
+    /// failing for want of descriptors. Returns the new soft limit. Unix only; elsewhere it does
+    /// nothing.
+    pub fn raise_open_file_limit(&mut self) -> Option<u64> {
         let limit = match rlimit::increase_nofile_limit(u64::MAX) {
             Ok(limit) => limit,
             Err(err) => {
@@ -377,20 +379,25 @@ impl Gateway {
                 return None;
             }
         };
-        let connections: u64 = self
+        let mut caps: Vec<usize> = self
             .listeners
             .iter()
-            .map(|l| l.limits.max_connections as u64)
-            .sum();
-        // Two descriptors per connection (client and upstream), and some for everything else.
-        let needed = connections.saturating_mul(2).saturating_add(64);
-        if limit < needed {
-            tracing::warn!(
-                open_files = limit,
-                needed,
-                "the open-file limit is below what the listeners' max_connections may need; \
-                 lower max_connections or raise the hard limit (ulimit -Hn, LimitNOFILE)"
-            );
+            .map(|l| l.limits.max_connections)
+            .collect();
+        if fit_connection_caps(&mut caps, limit) {
+            for (listener, cap) in self.listeners.iter_mut().zip(caps) {
+                if cap < listener.limits.max_connections {
+                    tracing::warn!(
+                        listener = %listener.name,
+                        open_files = limit,
+                        configured = listener.limits.max_connections,
+                        max_connections = cap,
+                        "the open-file limit is below what max_connections needs; lowered the \
+                         cap to fit (raise the hard limit with ulimit -Hn or LimitNOFILE)"
+                    );
+                    listener.limits.max_connections = cap;
+                }
+            }
         } else {
             tracing::info!(open_files = limit, "open-file limit");
         }
@@ -467,4 +474,48 @@ pub fn cancel_on_signal(token: CancellationToken) {
         tracing::info!("shutdown signal received");
         token.cancel();
     });
+}
+
+/// Descriptors kept for everything that is not a client connection: listeners, the log file,
+/// plugin files, the epoch ticker, stdio.
+const RESERVED_FILES: u64 = 64;
+
+/// Lowers `caps` (connections per listener) in proportion so that two descriptors per connection
+/// (client and upstream) and [`RESERVED_FILES`] fit `open_files`; each listener keeps at least
+/// one. Returns whether it lowered any.
+fn fit_connection_caps(caps: &mut [usize], open_files: u64) -> bool {
+    let wanted: u64 = caps.iter().map(|&cap| cap as u64).sum();
+    let room = open_files.saturating_sub(RESERVED_FILES) / 2;
+    if wanted <= room {
+        return false;
+    }
+    for cap in caps.iter_mut() {
+        let share = (*cap as u64).saturating_mul(room) / wanted.max(1);
+        *cap = usize::try_from(share).unwrap_or(usize::MAX).max(1);
+    }
+    true
+}
+
+#[cfg(test)]
+mod open_file_tests {
+    use super::fit_connection_caps;
+
+    #[test]
+    fn caps_that_fit_the_open_file_limit_are_kept() {
+        let mut caps = [4096, 100];
+        assert!(!fit_connection_caps(&mut caps, 1 << 20));
+        assert_eq!(caps, [4096, 100]);
+    }
+
+    #[test]
+    fn caps_past_the_open_file_limit_are_lowered_in_proportion() {
+        // 1024 descriptors: 64 reserved, two per connection: 480 connections in all.
+        let mut caps = [4096, 4096];
+        assert!(fit_connection_caps(&mut caps, 1024));
+        assert_eq!(caps, [240, 240]);
+        let mut caps = [3000, 1000, 1];
+        assert!(fit_connection_caps(&mut caps, 1024));
+        assert_eq!(caps, [359, 119, 1]);
+        assert!(caps.iter().sum::<usize>() <= 480);
+    }
 }

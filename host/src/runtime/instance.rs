@@ -258,7 +258,13 @@ fn new_store(
         return Err(plugin.error(Stage::Instantiate, PluginFault::AtCapacity(slots)));
     };
     let memory = InstanceMemory::new(plugin.memory_limit, plugin.capacity.clone());
-    let data = PluginStore::new(plugin.name.clone(), memory, plugin.time_limit, record_calls);
+    let data = PluginStore::new(
+        plugin.name.clone(),
+        memory,
+        plugin.time_limit,
+        plugin.quarantine.clone(),
+        record_calls,
+    );
     let mut store = Store::new(plugin.pre.engine(), data);
     install_limits(&mut store);
     begin_call(&mut store);

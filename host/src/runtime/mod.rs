@@ -101,6 +101,8 @@ pub struct LoadedPlugin {
     image: StartImage,
     pre: bindings::PluginWorldPre<PluginStore>,
     capacity: Arc<Capacity>,
+    /// Started when one of its calls runs out of time; see [`slow_lane`].
+    quarantine: Arc<slow_lane::Quarantine>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -377,6 +379,7 @@ impl Runtime {
             image,
             pre,
             capacity: self.inner.capacity.clone(),
+            quarantine: Arc::default(),
         })
     }
 }

@@ -7,13 +7,22 @@
 //! therefore get at most one tick of one core per tick + [`REST`] (about 5% of a core), however
 //! many there are. Their time limits still run in wall time: waiting for the lane ends at the
 //! call's deadline, and the next tick traps it.
+//!
+//! A plugin phase whose call ran out of time is [quarantined](Quarantine) for [`QUARANTINE`]: its
+//! calls count as long-running after [`QUARANTINED_LONG_CALL`] instead of [`LONG_CALL`]. A plugin
+//! that loops on every request would otherwise run a tick or two at full speed on each before the
+//! lane catches it, which under load adds up to a good part of a core. The quarantine is per
+//! phase, and its grace stays above zero, so the plugin's short calls (its other phases, or a
+//! call that a busy machine merely descheduled) rarely wait for the lane.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tollgate_phases::Phase;
 
 use super::engine::EPOCH_TICK;
 
@@ -22,8 +31,58 @@ use super::engine::EPOCH_TICK;
 /// next one comes a full tick later.
 pub const LONG_CALL: Duration = Duration::from_millis(1);
 
+/// [`LONG_CALL`] for a quarantined plugin: still many times what a real plugin call takes.
+pub const QUARANTINED_LONG_CALL: Duration = Duration::from_micros(250);
+
 /// How long a long-running call rests, holding the lane, after each tick it ran.
 pub const REST: Duration = Duration::from_millis(19 * EPOCH_TICK.as_millis() as u64);
+
+/// How long a plugin stays quarantined after one of its calls ran out of time.
+pub const QUARANTINE: Duration = Duration::from_secs(10);
+
+/// A plugin's quarantine, per phase (`None`: instantiation and `configure`); shared by all of
+/// its instances.
+#[derive(Debug, Default)]
+pub struct Quarantine {
+    /// When each phase's quarantine ends, in nanoseconds after [`since_process_start`]'s start;
+    /// 0: never started.
+    until: [AtomicU64; Phase::ALL.len() + 1],
+}
+
+impl Quarantine {
+    fn slot(&self, phase: Option<Phase>) -> &AtomicU64 {
+        let index = phase.map_or(0, |phase| phase as usize + 1);
+        &self.until[index]
+    }
+
+    /// Starts (or extends) the quarantine: a call in `phase` ran out of time at `now`.
+    pub fn start(&self, phase: Option<Phase>, now: Instant) {
+        let until = since_process_start(now + QUARANTINE);
+        self.slot(phase).fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Whether `phase` is quarantined at `now`.
+    pub fn holds(&self, phase: Option<Phase>, now: Instant) -> bool {
+        since_process_start(now) < self.slot(phase).load(Ordering::Relaxed)
+    }
+
+    /// How long a call in `phase` that started at `started` runs before it counts as
+    /// long-running.
+    pub fn long_call(&self, phase: Option<Phase>, started: Instant) -> Duration {
+        if self.holds(phase, started) {
+            QUARANTINED_LONG_CALL
+        } else {
+            LONG_CALL
+        }
+    }
+}
+
+/// An instant as nanoseconds after the first time this was asked, so it fits an atomic.
+fn since_process_start(instant: Instant) -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(instant.saturating_duration_since(start).as_nanos()).unwrap_or(u64::MAX)
+}
 
 fn lane() -> Arc<Semaphore> {
     static LANE: OnceLock<Arc<Semaphore>> = OnceLock::new();
@@ -32,25 +91,37 @@ fn lane() -> Arc<Semaphore> {
 
 /// A call's hold on the lane, between one of its ticks and the next.
 #[derive(Debug, Clone, Default)]
-pub struct LaneTurn(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+pub struct LaneTurn(Arc<Mutex<Turn>>);
+
+#[derive(Debug, Default)]
+struct Turn {
+    permit: Option<OwnedSemaphorePermit>,
+    /// The call has just been given the lane and has not run its tick yet.
+    fresh: bool,
+}
 
 impl LaneTurn {
-    fn swap(&self, permit: Option<OwnedSemaphorePermit>) -> Option<OwnedSemaphorePermit> {
-        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        std::mem::replace(&mut *slot, permit)
+    fn turn(&self) -> std::sync::MutexGuard<'_, Turn> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Gives the lane back (the call ended, or it is starting).
     pub fn release(&self) {
-        self.swap(None);
+        *self.turn() = Turn::default();
+    }
+
+    /// Whether the call has just been given the lane, so it runs its tick now; asking uses it up.
+    pub fn take_fresh(&self) -> bool {
+        std::mem::take(&mut self.turn().fresh)
     }
 
     /// What a long-running call awaits at an epoch tick before it runs its next one: the rest,
     /// if it held the lane, then the lane again, or its deadline, whichever comes first.
     pub fn next(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let turn = self.clone();
+        let lane_turn = self.clone();
         Box::pin(async move {
-            if let Some(permit) = turn.swap(None) {
+            let held = lane_turn.turn().permit.take();
+            if let Some(permit) = held {
                 // Never rest past the deadline: the call must be trapped on time.
                 tokio::time::sleep_until(deadline.min(Instant::now() + REST).into()).await;
                 drop(permit);
@@ -58,9 +129,17 @@ impl LaneTurn {
             if let Ok(Ok(permit)) =
                 tokio::time::timeout_at(deadline.into(), lane().acquire_owned()).await
             {
-                turn.swap(Some(permit));
+                *lane_turn.turn() = Turn {
+                    permit: Some(permit),
+                    fresh: true,
+                };
             }
         })
+    }
+
+    #[cfg(test)]
+    fn holds(&self) -> bool {
+        self.turn().permit.is_some()
     }
 }
 
@@ -68,26 +147,48 @@ impl LaneTurn {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_quarantine_holds_the_phase_that_timed_out_for_its_length() {
+        let quarantine = Quarantine::default();
+        let access = Some(Phase::Access);
+        let now = Instant::now();
+        assert!(
+            !quarantine.holds(access, now),
+            "no quarantine before any timeout"
+        );
+        quarantine.start(access, now);
+        assert!(quarantine.holds(access, now));
+        assert_eq!(quarantine.long_call(access, now), QUARANTINED_LONG_CALL);
+        assert!(quarantine.holds(access, now + QUARANTINE - Duration::from_millis(1)));
+        assert!(!quarantine.holds(access, now + QUARANTINE));
+        // Other phases, and configure, keep their grace.
+        for other in [None, Some(Phase::Rewrite), Some(Phase::Log)] {
+            assert!(!quarantine.holds(other, now));
+            assert_eq!(quarantine.long_call(other, now), LONG_CALL);
+        }
+        // A later timeout extends it; an earlier one never shortens it.
+        quarantine.start(access, now + Duration::from_secs(1));
+        quarantine.start(access, now);
+        assert!(quarantine.holds(access, now + QUARANTINE));
+    }
+
     #[tokio::test]
     async fn a_long_call_waits_for_the_lane_only_until_its_deadline() {
         let first = LaneTurn::default();
         let second = LaneTurn::default();
         let far = Instant::now() + Duration::from_secs(10);
         first.next(far).await;
-        assert!(
-            first.0.lock().unwrap().is_some(),
-            "the first call holds the lane"
-        );
+        assert!(first.holds(), "the first call holds the lane");
+        assert!(first.take_fresh(), "and runs its tick now");
+        assert!(!first.take_fresh(), "only one");
         // The second waits while the first holds it, but never past its own deadline.
         let soon = Instant::now() + Duration::from_millis(50);
         second.next(soon).await;
-        assert!(
-            second.0.lock().unwrap().is_none(),
-            "gave up at the deadline"
-        );
+        assert!(!second.holds(), "gave up at the deadline");
+        assert!(!second.take_fresh());
         // After its rest the first gives the lane up; the second gets it.
         first.release();
         second.next(far).await;
-        assert!(second.0.lock().unwrap().is_some());
+        assert!(second.holds());
     }
 }

@@ -14,7 +14,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::capacity::Capacity;
 use super::engine::{MAX_TABLE_ELEMENTS, TABLE_ELEMENT_BYTES};
 use super::output::{OutputBudget, PluginOutput};
-use super::slow_lane::{LONG_CALL, LaneTurn};
+use super::slow_lane::{LaneTurn, Quarantine};
 use crate::exchange::{ConnectionFacts, Context, ExchangeState, HandshakeState, RequestHead};
 use crate::tls::TlsPolicy;
 
@@ -187,6 +187,8 @@ pub struct PluginStore {
     pub(super) time_limit: Duration,
     /// The call's hold on the slow lane, once it runs long.
     pub(super) lane_turn: LaneTurn,
+    /// The plugin's quarantine, shared by its instances: started when a call runs out of time.
+    quarantine: Arc<Quarantine>,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -207,6 +209,7 @@ impl PluginStore {
         plugin: Arc<str>,
         memory: InstanceMemory,
         time_limit: Duration,
+        quarantine: Arc<Quarantine>,
         record_calls: bool,
     ) -> PluginStore {
         let output = Arc::new(OutputBudget::default());
@@ -231,6 +234,7 @@ impl PluginStore {
             call_started: Instant::now(),
             time_limit,
             lane_turn: LaneTurn::default(),
+            quarantine,
             wasi,
             table: ResourceTable::new(),
         }
@@ -301,7 +305,8 @@ impl WasiView for PluginStore {
 /// Wires the memory cap into `store`, and the time limit: the epoch ticks every
 /// [`EPOCH_TICK`](super::engine::EPOCH_TICK); at each tick a running call yields to the async
 /// scheduler (so a long call never holds a worker thread) and takes its turn in the
-/// [slow lane](super::slow_lane) until its time is up, then traps.
+/// [slow lane](super::slow_lane) until its time is up, then traps. A call that runs out of time
+/// quarantines its plugin.
 pub fn install_limits(store: &mut Store<PluginStore>) {
     store.limiter(|data| &mut data.memory);
     store.epoch_deadline_callback(|store| {
@@ -309,12 +314,19 @@ pub fn install_limits(store: &mut Store<PluginStore>) {
         let deadline = data.call_started + data.time_limit;
         let now = Instant::now();
         Ok(if now >= deadline {
+            data.quarantine.start(data.phase, now);
             UpdateDeadline::Interrupt
-        } else if now < data.call_started + LONG_CALL {
+        } else if data.lane_turn.take_fresh() {
+            // It has just been given the lane: it runs one tick.
+            UpdateDeadline::Continue(1)
+        } else if now < data.call_started + data.quarantine.long_call(data.phase, data.call_started)
+        {
             // Ticks are process-wide: a short call may meet one moments after it started.
             UpdateDeadline::Yield(1)
         } else {
-            UpdateDeadline::YieldCustom(1, data.lane_turn.next(deadline))
+            // Back here at once after the wait: with the lane it runs a tick (above); at its
+            // deadline it traps without running on.
+            UpdateDeadline::YieldCustom(0, data.lane_turn.next(deadline))
         })
     });
 }
