@@ -49,9 +49,13 @@ pub(super) type SnapshotOutcome = Result<Component, Arc<str>>;
 /// (an unreadable file, a configuration the plugin refuses) leaves its cell empty.
 #[derive(Default)]
 pub(super) struct ImageCache {
-    files: Mutex<HashMap<Digest, Arc<OnceCell<Arc<FileImage>>>>>,
-    snapshots: Mutex<HashMap<(Digest, String), Arc<OnceCell<SnapshotOutcome>>>>,
+    files: Cells<Digest, Arc<FileImage>>,
+    /// By file content and configuration JSON.
+    snapshots: Cells<(Digest, String), SnapshotOutcome>,
 }
+
+/// Cells by key, each filled once.
+type Cells<K, V> = Mutex<HashMap<K, Arc<OnceCell<V>>>>;
 
 impl ImageCache {
     /// Reads `path` and returns its compiled image, from the cache when its content was seen.
@@ -75,10 +79,7 @@ impl ImageCache {
     }
 }
 
-fn cell<K: std::hash::Hash + Eq, V>(
-    map: &Mutex<HashMap<K, Arc<OnceCell<V>>>>,
-    key: K,
-) -> Arc<OnceCell<V>> {
+fn cell<K: std::hash::Hash + Eq, V>(map: &Cells<K, V>, key: K) -> Arc<OnceCell<V>> {
     // Only whole cells go in; a panic elsewhere cannot leave the map half-written.
     let mut map = map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     map.entry(key).or_default().clone()
