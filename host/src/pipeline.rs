@@ -1,9 +1,11 @@
 //! Runs plugin phases over one connection and its requests. The gateway and the offline harness
 //! both drive this code, so a plugin behaves the same in `tollgate test` as in production.
 //!
-//! Plugins run in chain order. A plugin is instantiated at the first phase it handles and the
-//! instance lives for the whole request; a failed call drops it, so a later phase gets a fresh
-//! one. A failure of a fail-closed plugin stops the phase and is returned; a fail-open plugin's
+//! Plugins run in chain order. A plugin is instantiated when the request reaches the first phase
+//! it handles, and its instance is dropped right after the last one (balancer, which a retry runs
+//! again, ends when the next phase starts; body_filter at the end of the stream), so it does not
+//! hold its slot and memory through the rest of the response; a failed call drops it too, so a
+//! later phase gets a fresh one. A failure of a fail-closed plugin stops the phase and is returned; a fail-open plugin's
 //! failure is recorded and skipped.
 
 use std::net::SocketAddr;
@@ -374,6 +376,7 @@ impl Exchange {
         phase: Phase,
         mut body: Option<(Bytes, bool)>,
     ) -> Result<Option<Bytes>, PluginError> {
+        self.drop_instances_finished_before(phase);
         for index in 0..self.plugins.len() {
             let plugin = self.plugins[index].clone();
             if !plugin.handles(phase) {
@@ -448,10 +451,36 @@ impl Exchange {
             self.trace
                 .push(trace(&plugin, phase, instance.take_calls(), &result));
         }
-        if result.is_ok() {
-            // A failed instance cannot be entered again; the next phase makes a fresh one.
+        // A failed instance cannot be entered again; the next phase makes a fresh one.
+        if result.is_ok() && !finished_with(&plugin, phase, body) {
             self.instances[index] = Some(instance);
         }
         result
     }
+
+    /// Drops the instances of plugins whose last phase came before `phase`.
+    fn drop_instances_finished_before(&mut self, phase: Phase) {
+        for (plugin, instance) in self.plugins.iter().zip(self.instances.iter_mut()) {
+            if instance.is_some() && last_phase(plugin).is_some_and(|last| last < phase) {
+                *instance = None;
+            }
+        }
+    }
+}
+
+/// The last phase `plugin` handles.
+fn last_phase(plugin: &LoadedPlugin) -> Option<Phase> {
+    plugin.phases().iter().max()
+}
+
+/// Whether `plugin` needs no instance after this call of `phase`: it was its last phase and the
+/// phase does not come again (a retry runs balancer again; body_filter runs until the end of the
+/// stream).
+fn finished_with(plugin: &LoadedPlugin, phase: Phase, body: Option<&(Bytes, bool)>) -> bool {
+    last_phase(plugin) == Some(phase)
+        && match phase {
+            Phase::Balancer => false,
+            Phase::BodyFilter => body.is_none_or(|(_, end_of_stream)| *end_of_stream),
+            _ => true,
+        }
 }

@@ -1,10 +1,11 @@
 //! Per-request cost of the example plugins: one realistic request (a TLS 1.3 connection whose
 //! client sent leaf + intermediate, verified) driven through every request phase with
 //! [`tollgate::pipeline::Exchange`], fresh instance creation included, as the gateway runs it; and
-//! the certificate phase of the plugins that have one. Also prints the resident memory each live
-//! instance of the C and Python plugins adds.
+//! the certificate phase of the plugins that have one; each from the plugin's configured snapshot
+//! (`configure` ran once at load) and, under `unsnapshotted/`, with `configure` run in every
+//! instance as before snapshots. Also prints the resident memory each live instance adds.
 //!
-//! `cargo bench --release -p tollgate-tests --bench plugins -- --warm-up-time 1 --measurement-time 3`
+//! `cargo bench -p tollgate-tests --bench plugins -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -12,10 +13,10 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tollgate::exchange::{ConnectionFacts, RequestHead, TlsSession};
 use tollgate::pipeline::{Recording, run_certificate_phase};
-use tollgate::runtime::{LoadedPlugin, PluginSpec};
+use tollgate::runtime::{LoadedPlugin, PluginSpec, Runtime, RuntimeLimits, Snapshots, StartImage};
 use tollgate::tls::{ClientChain, ClientVerify};
 use tollgate_tests::examples_support::{cert, pem_for_toml, plugin_path};
-use tollgate_tests::{client_addr, exchange, get, load_spec, run_request_phases};
+use tollgate_tests::{client_addr, exchange, get, run_request_phases};
 
 /// What the upstream answers (the body goes through body_filter).
 const BODY: &str = r#"{"orders":[{"id":1,"total":"12.50"},{"id":2,"total":"7.00"}]}"#;
@@ -29,8 +30,16 @@ fn spec(example: &str, config: serde_json::Value) -> PluginSpec {
     spec
 }
 
-/// The plugins benched, with realistic configurations.
-fn plugins(rt: &tokio::runtime::Runtime) -> Vec<(&'static str, Arc<LoadedPlugin>)> {
+/// The plugins benched, with realistic configurations, with or without snapshots.
+fn plugins(
+    rt: &tokio::runtime::Runtime,
+    snapshots: Snapshots,
+) -> Vec<(&'static str, Arc<LoadedPlugin>)> {
+    let runtime = match snapshots {
+        Snapshots::On => tollgate_tests::runtime().clone(),
+        Snapshots::Off => Runtime::with_options(RuntimeLimits::default(), Snapshots::Off)
+            .expect("runtime without snapshots"),
+    };
     let ca = pem_for_toml(&cert("mtls-auth", "ca-bundle.pem"));
     let specs = [
         (
@@ -51,7 +60,12 @@ fn plugins(rt: &tokio::runtime::Runtime) -> Vec<(&'static str, Arc<LoadedPlugin>
     ];
     specs
         .into_iter()
-        .map(|(name, config)| (name, rt.block_on(load_spec(spec(name, config)))))
+        .map(|(name, config)| {
+            let plugin = rt
+                .block_on(runtime.load(spec(name, config)))
+                .unwrap_or_else(|err| panic!("{name}: {err}"));
+            (name, plugin)
+        })
         .collect()
 }
 
@@ -87,10 +101,30 @@ fn request_phases(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("tokio");
-    let plugins = plugins(&rt);
+    for (snapshots, prefix) in [(Snapshots::On, ""), (Snapshots::Off, "unsnapshotted/")] {
+        let plugins = plugins(&rt, snapshots);
+        for (name, plugin) in &plugins {
+            println!("{prefix}{name}: starts from {:?}", plugin.start_image());
+            if snapshots == Snapshots::On && *name != "py-client-cert-header" {
+                assert_eq!(plugin.start_image(), &StartImage::Configured, "{name}");
+            }
+        }
+        bench_plugins(c, &rt, &plugins, prefix);
+        if snapshots == Snapshots::On {
+            instance_memory(&rt, &plugins);
+        }
+    }
+}
+
+fn bench_plugins(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    plugins: &[(&'static str, Arc<LoadedPlugin>)],
+    prefix: &str,
+) {
     let connection = connection();
-    let mut group = c.benchmark_group("request");
-    for (name, plugin) in &plugins {
+    let mut group = c.benchmark_group(format!("{prefix}request"));
+    for (name, plugin) in plugins {
         let chain = [plugin.clone()];
         // Once, checked: the plugin really did its job without failing.
         let mut first = exchange(&chain, connection.clone(), request());
@@ -115,7 +149,7 @@ fn request_phases(c: &mut Criterion) {
     }
     group.finish();
 
-    let mut group = c.benchmark_group("certificate");
+    let mut group = c.benchmark_group(format!("{prefix}certificate"));
     for (name, plugin) in plugins
         .iter()
         .filter(|(_, p)| p.handles(tollgate::Phase::Certificate))
@@ -142,8 +176,6 @@ fn request_phases(c: &mut Criterion) {
         });
     }
     group.finish();
-
-    instance_memory(&rt, &plugins);
 }
 
 /// Resident memory added per live instance (RSS delta over 16 instances held at once).

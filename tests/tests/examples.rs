@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::Command;
 
 use percent_encoding::percent_decode_str;
+use tollgate::runtime::{PluginSpec, StartImage};
 use tollgate_tests::clients::{Identity, Reply, TlsClient, Versions, s_client, s_client_ca_names};
 use tollgate_tests::examples_support::{
     ExampleClient, assert_scenarios_pass, cert, client_files, example_dir, pem_for_toml,
@@ -42,6 +43,34 @@ async fn tls_metadata_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_min_chain() {
     assert!(assert_scenarios_pass("c-min-chain").await >= 2);
+}
+
+/// The Rust and C examples start their instances from a snapshot taken after `configure`; the
+/// Python one loads either way (a snapshot of componentize-py output, or `configure` in every
+/// instance when wizer cannot take one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_and_c_examples_start_from_a_configured_snapshot() {
+    let ca = pem_for_toml(&cert("mtls-auth", "ca-bundle.pem"));
+    let configs = [
+        (
+            "tls-handshake-modifier",
+            serde_json::json!({ "snis": ["api.example.com"] }),
+        ),
+        ("mtls-auth", serde_json::json!({ "ca_certificates": ca })),
+        ("tls-metadata-headers", serde_json::json!({})),
+        ("c-min-chain", serde_json::json!({ "min_chain_length": 2 })),
+        ("py-client-cert-header", serde_json::json!({})),
+    ];
+    for (example, config) in configs {
+        let mut spec = PluginSpec::new(example, plugin_path(example)).with_config(config);
+        spec.memory_limit = 48 << 20;
+        spec.time_limit = std::time::Duration::from_secs(1);
+        let plugin = tollgate_tests::load_spec(spec).await;
+        eprintln!("{example}: {:?}", plugin.start_image());
+        if example != "py-client-cert-header" {
+            assert_eq!(plugin.start_image(), &StartImage::Configured, "{example}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

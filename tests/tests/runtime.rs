@@ -14,7 +14,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tollgate::pipeline::{Recording, run_certificate_phase};
 use tollgate::runtime::{
-    HostCall, LoadError, PluginFault, PluginSpec, WIT_VERSION, WasmKind, componentize, wasm_kind,
+    HostCall, LoadError, PluginFault, PluginSpec, Runtime, RuntimeLimits, Snapshots, StartImage,
+    WIT_VERSION, WasmKind, componentize, wasm_kind,
 };
 use tollgate::tls::{ClientVerify, TlsPolicy, client_identity, encode_chain, parse_certificates};
 use tollgate::{HostFunction, Phase, PhaseSet};
@@ -935,4 +936,71 @@ fn tollgate_test_runs_a_plugin_crate_from_outside_the_repository() {
         "{}",
         String::from_utf8_lossy(&output.stdout)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configured snapshots
+
+/// A scripted plugin that stamps `x-config: <tag>` on the request in access.
+fn tagger(tag: &str) -> Value {
+    json!({ "actions": { "access": [
+        { "call": "set_request_header", "name": "x-config", "value": tag }
+    ] } })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_file_with_two_configurations_gives_two_configured_snapshots() {
+    let first = load("tag-a", guests::SCRIPTED, tagger("a")).await;
+    let second = load("tag-b", guests::SCRIPTED, tagger("b")).await;
+    for (plugin, tag) in [(&first, "a"), (&second, "b")] {
+        assert_eq!(plugin.start_image(), &StartImage::Configured, "{tag}");
+        // Several requests: each fresh instance starts from its own configuration's image.
+        for _ in 0..3 {
+            let mut exchange = exchange(
+                std::slice::from_ref(plugin),
+                plaintext_connection(),
+                get("/", &[]),
+            );
+            assert_all_ok(&run_request_phases(&mut exchange, "").await);
+            assert_eq!(exchange.state().request.headers["x-config"], tag);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_leaves_a_wasi_stream_open_in_configure_configures_every_instance() {
+    let config = json!({ "mode": "scribble", "stdout_at_configure": true });
+    let plugin = load("prints-at-configure", guests::MISBEHAVE, config).await;
+    let StartImage::Unconfigured(reason) = plugin.start_image() else {
+        panic!("a live stdout stream cannot be snapshotted");
+    };
+    assert!(reason.contains("WASI resources"), "{reason}");
+    // It still works: configure runs in each instance.
+    for _ in 0..2 {
+        let mut exchange = exchange(
+            std::slice::from_ref(&plugin),
+            plaintext_connection(),
+            get("/", &[]),
+        );
+        exchange.access().await.expect("access");
+        let exit = exchange.early_response().expect("scribble answers");
+        assert_eq!((exit.status, &exit.body[..]), (200, &b"initial image"[..]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_snapshots_off_every_instance_runs_configure_and_behaves_the_same() {
+    let runtime = Runtime::with_options(RuntimeLimits::default(), Snapshots::Off).unwrap();
+    let plugin = runtime
+        .load(spec("tag-off", guests::SCRIPTED, tagger("off")))
+        .await
+        .unwrap();
+    assert!(matches!(plugin.start_image(), StartImage::Unconfigured(_)));
+    let mut exchange = exchange(
+        std::slice::from_ref(&plugin),
+        plaintext_connection(),
+        get("/", &[]),
+    );
+    assert_all_ok(&run_request_phases(&mut exchange, "").await);
+    assert_eq!(exchange.state().request.headers["x-config"], "off");
 }

@@ -337,3 +337,65 @@ async fn out_of_instance_slots_a_request_gets_503_with_retry_after_and_fail_open
         "with slots free again the fail-open plugin ran"
     );
 }
+
+/// Sends `count` GETs of `path`, `parallel` at a time, and returns every reply's status and body.
+async fn replies(
+    addr: SocketAddr,
+    path: &'static str,
+    count: usize,
+    parallel: usize,
+) -> Vec<String> {
+    let mut seen = Vec::with_capacity(count);
+    for _ in 0..count.div_ceil(parallel) {
+        let batch: Vec<_> = (0..parallel)
+            .map(|_| tokio::spawn(async move { get(addr, path).await }))
+            .collect();
+        for reply in batch {
+            let reply = reply.await.unwrap();
+            seen.push(format!(
+                "{} {}",
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            ));
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_never_reads_what_an_earlier_request_wrote_into_plugin_memory() {
+    let echo = echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The same guest twice: once snapshotted after configure, once (it prints at configure, so
+    // a WASI stream stays open) configuring every instance. Each request checks its memory is
+    // the initial image, then overwrites 320 KiB of it.
+    let extra = format!(
+        "\n[[routes]]\nname = \"unsnapshotted\"\npaths = [\"/fallback\"]\nservice = \"echo\"\n\n\
+         [[plugins]]\nname = \"scribble-fallback\"\npath = \"{}\"\nroute = \"unsnapshotted\"\n\
+         config = {{ mode = \"scribble\", stdout_at_configure = true }}\n",
+        guests::MISBEHAVE
+    );
+    let gateway = Tollgate::run(dir.path(), &config(echo, "", "scribble", &extra));
+    let addr = gateway.addr("http");
+    for path in ["/bad", "/fallback"] {
+        for seen in replies(addr, path, 200, 4).await {
+            assert_eq!(
+                seen, "200 initial image",
+                "{path}: a fresh instance saw {seen}"
+            );
+        }
+    }
+    let fallback = |line: &str| line.contains("no configured snapshot");
+    let lines = gateway.stderr();
+    let warned: Vec<&String> = lines.iter().filter(|line| fallback(line)).collect();
+    assert_eq!(
+        warned.len(),
+        1,
+        "one fallback, logged once at load: {warned:?}"
+    );
+    assert!(
+        warned[0].contains("scribble-fallback") && warned[0].contains("WASI resources"),
+        "the log names the plugin and why: {}",
+        warned[0]
+    );
+}

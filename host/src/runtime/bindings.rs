@@ -97,6 +97,27 @@ impl<T: Send + 'static> PluginWorldPre<T> {
         }
     }
 
+    /// The linked component, to instantiate without the typed bindings (snapshots read the raw
+    /// instance's state).
+    pub fn instance_pre(&self) -> &InstancePre<T> {
+        match self {
+            Self::Current(pre) => pre.instance_pre(),
+            Self::V0_1(pre) => pre.instance_pre(),
+        }
+    }
+
+    /// The typed bindings of `instance`, an instance of [`Self::instance_pre`].
+    pub fn bindings(
+        &self,
+        store: impl AsContextMut<Data = T>,
+        instance: &wasmtime::component::Instance,
+    ) -> wasmtime::Result<PluginWorld> {
+        Ok(match self {
+            Self::Current(_) => PluginWorld::Current(Plugin::new(store, instance)?),
+            Self::V0_1(_) => PluginWorld::V0_1(v0_1::Plugin::new(store, instance)?),
+        })
+    }
+
     /// Instantiates the plugin in `store`.
     pub async fn instantiate_async(
         &self,

@@ -47,8 +47,14 @@ impl From<InvalidArgument> for HostError {
 }
 
 impl PluginStore {
+    /// Whether the harness records this instance's host calls.
+    fn recording(&self) -> bool {
+        self.calls.is_some()
+    }
+
     /// Runs one host function: phase check first, then `body`, recording the call when the
-    /// harness asked for it.
+    /// harness asked for it. `args` renders the arguments and runs only then, so the gateway
+    /// never formats or copies them.
     fn guarded<T: Debug>(
         &mut self,
         function: HostFunction,
@@ -193,14 +199,13 @@ impl types::Host for PluginStore {}
 
 impl client_tls::Host for PluginStore {
     fn request_client_certificate(&mut self, ca_certs: Option<String>) -> HostResult<()> {
-        let args = ca_certs.as_ref().map(|pem| shorten(pem));
         self.guarded(
             HostFunction::RequestClientCertificate,
-            || format!("{args:?}"),
+            || format!("{:?}", ca_certs.as_deref().map(shorten)),
             |store| {
-                let anchors = match ca_certs {
+                let anchors = match &ca_certs {
                     Some(pem) => Some(
-                        TrustAnchors::from_pem(&pem)
+                        TrustAnchors::from_pem(pem)
                             .map_err(|err| invalid(format!("invalid ca_certs: {err}")))?,
                     ),
                     None => None,
@@ -245,10 +250,9 @@ impl client_tls::Host for PluginStore {
     }
 
     fn set_client_verify(&mut self, value: String) -> HostResult<()> {
-        let args = format!("{value:?}");
         self.guarded(
             HostFunction::SetClientVerify,
-            || args,
+            || format!("{value:?}"),
             |store| {
                 let verify = ClientVerify::parse(&value).map_err(InvalidArgument::from)?;
                 store.exchange()?.client_verify_override = Some(verify);
@@ -258,10 +262,9 @@ impl client_tls::Host for PluginStore {
     }
 
     fn verify_client_chain(&mut self, ca_certs: String) -> HostResult<String> {
-        let args = shorten(&format!("{ca_certs:?}"));
         self.guarded(
             HostFunction::VerifyClientChain,
-            || args,
+            || shorten(&format!("{ca_certs:?}")),
             |store| {
                 let anchors = cached_anchors(&ca_certs)?;
                 let Some(chain) = store.tls_session()?.client_chain.as_ref() else {
@@ -397,10 +400,9 @@ impl request::Host for PluginStore {
     }
 
     fn header(&mut self, name: String) -> HostResult<Option<String>> {
-        let args = format!("{name:?}");
         self.guarded(
             HostFunction::RequestHeader,
-            || args,
+            || format!("{name:?}"),
             |store| Ok(header_get(&store.exchange()?.request.headers, &name)),
         )
     }
@@ -412,10 +414,9 @@ impl request::Host for PluginStore {
     }
 
     fn set_header(&mut self, name: String, value: String) -> HostResult<()> {
-        let args = format!("{name:?}, {}", shorten(&format!("{value:?}")));
         self.guarded(
             HostFunction::SetRequestHeader,
-            || args,
+            || format!("{name:?}, {}", shorten(&format!("{value:?}"))),
             |store| {
                 let (name, value) = (header_name(&name)?, header_value(&value)?);
                 let headers = &mut store.exchange()?.request.headers;
@@ -427,10 +428,9 @@ impl request::Host for PluginStore {
     }
 
     fn remove_header(&mut self, name: String) -> HostResult<()> {
-        let args = format!("{name:?}");
         self.guarded(
             HostFunction::RemoveRequestHeader,
-            || args,
+            || format!("{name:?}"),
             |store| {
                 let name = header_name(&name)?;
                 store.exchange()?.request.headers.remove(name);
@@ -447,10 +447,13 @@ impl response::Host for PluginStore {
         headers: Vec<(String, String)>,
         body: Vec<u8>,
     ) -> HostResult<()> {
-        let args = format!("{status}, {headers:?}, <{} bytes>", body.len());
+        // Rendered before `body` moves, and only when recording.
+        let args = self
+            .recording()
+            .then(|| format!("{status}, {headers:?}, <{} bytes>", body.len()));
         self.guarded(
             HostFunction::Exit,
-            || args,
+            || args.unwrap_or_default(),
             |store| {
                 tollgate_phases::check_exit(status, &headers, body.len())?;
                 let mut map = HeaderMap::new();
@@ -474,10 +477,9 @@ impl response::Host for PluginStore {
     }
 
     fn header(&mut self, name: String) -> HostResult<Option<String>> {
-        let args = format!("{name:?}");
         self.guarded(
             HostFunction::ResponseHeader,
-            || args,
+            || format!("{name:?}"),
             |store| Ok(header_get(&response_head(store)?.headers, &name)),
         )
     }
@@ -489,10 +491,9 @@ impl response::Host for PluginStore {
     }
 
     fn set_header(&mut self, name: String, value: String) -> HostResult<()> {
-        let args = format!("{name:?}, {}", shorten(&format!("{value:?}")));
         self.guarded(
             HostFunction::SetResponseHeader,
-            || args,
+            || format!("{name:?}, {}", shorten(&format!("{value:?}"))),
             |store| {
                 let (name, value) = (header_name(&name)?, header_value(&value)?);
                 let headers = &mut response_head(store)?.headers;
@@ -504,10 +505,9 @@ impl response::Host for PluginStore {
     }
 
     fn remove_header(&mut self, name: String) -> HostResult<()> {
-        let args = format!("{name:?}");
         self.guarded(
             HostFunction::RemoveResponseHeader,
-            || args,
+            || format!("{name:?}"),
             |store| {
                 let name = header_name(&name)?;
                 response_head(store)?.headers.remove(name);
@@ -517,10 +517,10 @@ impl response::Host for PluginStore {
     }
 
     fn set_body_chunk(&mut self, chunk: Vec<u8>) -> HostResult<()> {
-        let args = format!("<{} bytes>", chunk.len());
+        let len = chunk.len();
         self.guarded(
             HostFunction::SetBodyChunk,
-            || args,
+            move || format!("<{len} bytes>"),
             |store| {
                 tollgate_phases::check_body(chunk.len())?;
                 store.exchange()?.body_chunk = Some(chunk);
@@ -547,10 +547,9 @@ impl balancer::Host for PluginStore {
     }
 
     fn set_target(&mut self, target: String) -> HostResult<()> {
-        let args = format!("{target:?}");
         self.guarded(
             HostFunction::SetTarget,
-            || args,
+            || format!("{target:?}"),
             |store| {
                 let target = Target::parse(&target).map_err(InvalidArgument::from)?;
                 store.exchange()?.balancer.target = Some(target);
@@ -568,19 +567,21 @@ impl balancer::Host for PluginStore {
 
 impl context::Host for PluginStore {
     fn get(&mut self, key: String) -> HostResult<Option<String>> {
-        let args = format!("{key:?}");
         self.guarded(
             HostFunction::ContextGet,
-            || args,
+            || format!("{key:?}"),
             |store| Ok(store.context()?.get(&key).cloned()),
         )
     }
 
     fn set(&mut self, key: String, value: String) -> HostResult<()> {
-        let args = format!("{key:?}, {}", shorten(&format!("{value:?}")));
+        // Rendered before `key` and `value` move, and only when recording.
+        let args = self
+            .recording()
+            .then(|| format!("{key:?}, {}", shorten(&format!("{value:?}"))));
         self.guarded(
             HostFunction::ContextSet,
-            || args,
+            || args.unwrap_or_default(),
             |store| {
                 let context = store.context()?;
                 tollgate_phases::check_context_set(
@@ -598,10 +599,9 @@ impl context::Host for PluginStore {
 
 impl plugin_log::Host for PluginStore {
     fn log(&mut self, level: LogLevel, message: String) -> HostResult<()> {
-        let args = shorten(&format!("{level:?}, {message:?}"));
         self.guarded(
             HostFunction::Log,
-            || args,
+            || shorten(&format!("{level:?}, {message:?}")),
             |store| {
                 // Counted against the call's output allowance like stdout and stderr; past it
                 // the line is dropped (and counted), not an error: logging must not fail a call.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use tollgate_phases::Phase;
+use wasmtime::component::Instance;
 use wasmtime::{Store, Trap};
 
 use super::LoadedPlugin;
@@ -57,23 +58,10 @@ impl PhaseCall<'_> {
 }
 
 impl PluginInstance {
-    /// Instantiates `plugin` and hands it its configuration.
+    /// A fresh instance of `plugin`, configured: it starts from the configured snapshot when
+    /// the plugin has one, else `configure` runs in it first.
     pub async fn new(plugin: Arc<LoadedPlugin>, record_calls: bool) -> Result<Self, PluginError> {
-        let Some(slot) = plugin.capacity.try_slot() else {
-            let slots = plugin.capacity.limits().max_instances;
-            return Err(plugin.error(Stage::Instantiate, PluginFault::AtCapacity(slots)));
-        };
-        let memory = InstanceMemory::new(plugin.memory_limit, plugin.capacity.clone());
-        let data = PluginStore::new(
-            plugin.name.clone(),
-            memory,
-            plugin.time_limit,
-            plugin.quarantine.clone(),
-            record_calls,
-        );
-        let mut store = Store::new(plugin.pre.engine(), data);
-        install_limits(&mut store);
-        begin_call(&mut store);
+        let (mut store, slot) = new_store(&plugin, record_calls)?;
         let bindings = match plugin.pre.instantiate_async(&mut store).await {
             Ok(bindings) => bindings,
             Err(err) => {
@@ -81,14 +69,54 @@ impl PluginInstance {
                 return Err(plugin.error(Stage::Instantiate, fault));
             }
         };
+        let starts_configured = plugin.starts_configured();
         let mut instance = PluginInstance {
             plugin,
             store,
             bindings,
             _slot: slot,
         };
-        instance.configure().await?;
+        if !starts_configured {
+            instance.configure().await?;
+        }
         Ok(instance)
+    }
+
+    /// A fresh instance of `plugin`'s (instrumented) image, configured, with the handle wizer
+    /// reads its state through.
+    pub(super) async fn configured_for_snapshot(
+        plugin: &Arc<LoadedPlugin>,
+    ) -> Result<(Self, Instance), PluginError> {
+        let (mut store, slot) = new_store(plugin, false)?;
+        let instantiated = async {
+            let instance = plugin
+                .pre
+                .instance_pre()
+                .instantiate_async(&mut store)
+                .await?;
+            let bindings = plugin.pre.bindings(&mut store, &instance)?;
+            Ok((instance, bindings))
+        };
+        let (raw, bindings) = match instantiated.await {
+            Ok(instantiated) => instantiated,
+            Err(err) => {
+                let fault = classify(&store, plugin, err, PluginFault::Instantiate);
+                return Err(plugin.error(Stage::Instantiate, fault));
+            }
+        };
+        let mut instance = PluginInstance {
+            plugin: plugin.clone(),
+            store,
+            bindings,
+            _slot: slot,
+        };
+        instance.configure().await?;
+        Ok((instance, raw))
+    }
+
+    /// The instance's store.
+    pub(super) fn store_mut(&mut self) -> &mut Store<PluginStore> {
+        &mut self.store
     }
 
     async fn configure(&mut self) -> Result<(), PluginError> {
@@ -218,6 +246,29 @@ impl PluginInstance {
     pub fn take_calls(&mut self) -> Vec<HostCall> {
         self.store.data_mut().take_calls()
     }
+}
+
+/// A store for one instance of `plugin`, holding one of the runtime's instance slots.
+fn new_store(
+    plugin: &LoadedPlugin,
+    record_calls: bool,
+) -> Result<(Store<PluginStore>, InstanceSlot), PluginError> {
+    let Some(slot) = plugin.capacity.try_slot() else {
+        let slots = plugin.capacity.limits().max_instances;
+        return Err(plugin.error(Stage::Instantiate, PluginFault::AtCapacity(slots)));
+    };
+    let memory = InstanceMemory::new(plugin.memory_limit, plugin.capacity.clone());
+    let data = PluginStore::new(
+        plugin.name.clone(),
+        memory,
+        plugin.time_limit,
+        plugin.quarantine.clone(),
+        record_calls,
+    );
+    let mut store = Store::new(plugin.pre.engine(), data);
+    install_limits(&mut store);
+    begin_call(&mut store);
+    Ok((store, slot))
 }
 
 /// Names what stopped a call: the deadline, the memory cap, or another trap.

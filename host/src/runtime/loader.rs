@@ -101,18 +101,25 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("wit-component panicked")
 }
 
-/// Reads, validates, componentizes if needed, compiles, and checks the plugin's WIT package
-/// version.
-pub fn compile(engine: &Engine, path: &Path) -> Result<Component, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+/// Reads a plugin file: its bytes as they are on disk, hashed by the image cache.
+pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|source| LoadError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
-    let component_bytes = match validate(&bytes, path)? {
-        WasmKind::Component => bytes,
-        WasmKind::CoreModule => componentize(&bytes, path)?,
-    };
-    let component = Component::new(engine, &component_bytes).map_err(|err| LoadError::Compile {
+    })
+}
+
+/// Validates a file's bytes and componentizes them if they are a core module.
+pub fn component_bytes(bytes: Vec<u8>, path: &Path) -> Result<Vec<u8>, LoadError> {
+    match validate(&bytes, path)? {
+        WasmKind::Component => Ok(bytes),
+        WasmKind::CoreModule => componentize(&bytes, path),
+    }
+}
+
+/// Compiles component bytes and checks the plugin's WIT package version.
+pub fn compile(engine: &Engine, bytes: &[u8], path: &Path) -> Result<Component, LoadError> {
+    let component = Component::new(engine, bytes).map_err(|err| LoadError::Compile {
         path: path.to_path_buf(),
         reason: format!("{err:#}"),
     })?;

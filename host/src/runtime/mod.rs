@@ -16,15 +16,16 @@ mod capacity;
 pub mod engine;
 mod error;
 mod host_api;
+mod images;
 mod instance;
 mod loader;
 mod output;
 mod slow_lane;
+mod snapshot;
 mod store;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate_phases::{Phase, PhaseSet};
@@ -78,6 +79,16 @@ impl PluginSpec {
     }
 }
 
+/// What a plugin's fresh instances start from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartImage {
+    /// A snapshot taken after `configure`: instances start configured.
+    Configured,
+    /// The plugin's own image: `configure` runs in every instance first, for the reason given
+    /// (wizer refused the component, `configure` left host resources, snapshots are off).
+    Unconfigured(Arc<str>),
+}
+
 /// A loaded plugin, ready to be instantiated.
 pub struct LoadedPlugin {
     name: Arc<str>,
@@ -87,6 +98,7 @@ pub struct LoadedPlugin {
     time_limit: Duration,
     fail_open: bool,
     phases: PhaseSet,
+    image: StartImage,
     pre: bindings::PluginWorldPre<PluginStore>,
     capacity: Arc<Capacity>,
     /// Started when one of its calls runs out of time; see [`slow_lane`].
@@ -139,6 +151,15 @@ impl LoadedPlugin {
         &self.capacity
     }
 
+    /// What its fresh instances start from.
+    pub fn start_image(&self) -> &StartImage {
+        &self.image
+    }
+
+    fn starts_configured(&self) -> bool {
+        self.image == StartImage::Configured
+    }
+
     /// A fresh, configured instance.
     pub async fn instantiate(
         self: &Arc<Self>,
@@ -165,10 +186,22 @@ pub struct Runtime {
 struct RuntimeInner {
     engine: Engine,
     linker: Linker<PluginStore>,
-    /// Compiled components by the SHA-256 of their file's content: a file used by several
-    /// plugin entries compiles once, and a reload recompiles only files whose content changed.
-    components: Mutex<HashMap<ContentHash, Component>>,
+    /// Compiled images by content, so a file or (file, configuration) compiles once.
+    images: images::ImageCache,
+    /// Whether plugins get configured snapshots (off only to measure what they save).
+    snapshots: Snapshots,
     capacity: Arc<Capacity>,
+}
+
+/// Whether a runtime snapshots plugins after `configure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Snapshots {
+    /// Each (plugin file, configuration) is configured once at load and snapshotted; plugins
+    /// that cannot be snapshotted configure every instance, which is logged at load.
+    #[default]
+    On,
+    /// Every instance runs `configure` (to measure what snapshots save).
+    Off,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -188,18 +221,6 @@ pub enum RuntimeError {
     EpochThread(#[source] std::io::Error),
 }
 
-/// The SHA-256 of a plugin file's content.
-type ContentHash = [u8; 32];
-
-fn content_hash(path: &Path) -> Result<ContentHash, LoadError> {
-    use sha2::Digest;
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(sha2::Sha256::digest(&bytes).into())
-}
-
 impl Runtime {
     /// Starts the engine with the default [`RuntimeLimits`], its epoch ticker and the
     /// sandbox's linker.
@@ -209,6 +230,15 @@ impl Runtime {
 
     /// Starts the engine with `limits`, its epoch ticker and the sandbox's linker.
     pub fn with_limits(limits: RuntimeLimits) -> Result<Runtime, RuntimeError> {
+        Runtime::with_options(limits, Snapshots::On)
+    }
+
+    /// Starts the engine with `limits` and snapshots `snapshots`, its epoch ticker and the
+    /// sandbox's linker.
+    pub fn with_options(
+        limits: RuntimeLimits,
+        snapshots: Snapshots,
+    ) -> Result<Runtime, RuntimeError> {
         let engine = engine::build_engine(limits.max_instances).map_err(RuntimeError::Engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -219,7 +249,8 @@ impl Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
                 linker,
-                components: Mutex::new(HashMap::new()),
+                images: images::ImageCache::default(),
+                snapshots,
                 capacity: Arc::new(Capacity::new(limits)),
             }),
         })
@@ -235,35 +266,32 @@ impl Runtime {
         &self.inner.engine
     }
 
-    /// Loads a plugin: compiles (or reuses) its component, links it against the sandbox, then
-    /// instantiates it once to validate its configuration and learn its phases.
+    /// Loads a plugin: compiles (or reuses) its image, runs `configure` once and snapshots the
+    /// configured instance (or reuses the snapshot of the same file and configuration), then
+    /// instantiates it once to validate it and learn its phases.
     pub async fn load(&self, spec: PluginSpec) -> Result<Arc<LoadedPlugin>, LoadError> {
-        let component = self.component(&spec.path)?;
-        let instance_pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|err| LoadError::Link {
-                path: spec.path.clone(),
-                reason: format!("{err:#}"),
-            })?;
-        let pre = bindings::PluginWorldPre::new(instance_pre).map_err(|err| LoadError::Link {
-            path: spec.path.clone(),
-            reason: format!("{err:#}"),
-        })?;
-        let plugin = Arc::new(LoadedPlugin {
-            name: spec.name.as_str().into(),
-            path: spec.path.clone(),
-            config_json: spec.config.to_string(),
-            memory_limit: spec.memory_limit.min(MAX_MEMORY_LIMIT),
-            time_limit: spec.time_limit,
-            fail_open: spec.fail_open,
-            phases: PhaseSet::EMPTY,
-            pre,
-            capacity: self.inner.capacity.clone(),
-            quarantine: Arc::default(),
-        });
-        // One instance validates the configuration and says which phases the plugin handles.
+        let engine = &self.inner.engine;
+        let (digest, file) = self.inner.images.file(engine, &spec.path).await?;
+        let config_json = spec.config.to_string();
+        let (component, image) = match self.snapshot(&spec, digest, &file, &config_json).await? {
+            Ok(component) => (component, StartImage::Configured),
+            Err(reason) => {
+                if self.inner.snapshots == Snapshots::On {
+                    tracing::warn!(
+                        plugin = %spec.name,
+                        path = %spec.path.display(),
+                        "plugin has no configured snapshot, so configure runs in every \
+                         instance: {reason}"
+                    );
+                }
+                (
+                    file.plain(engine, &spec.path).await?,
+                    StartImage::Unconfigured(reason),
+                )
+            }
+        };
+        let plugin = Arc::new(self.unprobed(&spec, &component, config_json, image)?);
+        // One instance validates the image and says which phases the plugin handles.
         let probe = async {
             let mut instance = plugin.instantiate(false).await?;
             instance.declared_phases().await
@@ -279,24 +307,77 @@ impl Runtime {
         Ok(Arc::new(plugin))
     }
 
-    fn component(&self, path: &Path) -> Result<Component, LoadError> {
-        let hash = content_hash(path)?;
-        if let Some(component) = self.lock_components().get(&hash) {
-            return Ok(component.clone());
+    /// The configured snapshot of `file` with `config_json`, taken on first need; or why there
+    /// is none. Fails when the plugin refuses the configuration or fails in `configure`.
+    async fn snapshot(
+        &self,
+        spec: &PluginSpec,
+        digest: images::Digest,
+        file: &images::FileImage,
+        config_json: &str,
+    ) -> Result<images::SnapshotOutcome, LoadError> {
+        if self.inner.snapshots == Snapshots::Off {
+            return Ok(Err("snapshots are off".into()));
         }
-        let component = loader::compile(&self.inner.engine, path)?;
-        // Cached only when the file did not change while it compiled (a copy in progress).
-        if content_hash(path)? == hash {
-            self.lock_components().insert(hash, component.clone());
-        }
-        Ok(component)
+        let instrumented = match &file.instrumented {
+            Ok(instrumented) => instrumented,
+            Err(reason) => return Ok(Err(reason.as_str().into())),
+        };
+        let cell = self.inner.images.snapshot(digest, config_json);
+        let outcome = cell.get_or_try_init(|| async {
+            let unconfigured = StartImage::Unconfigured("being snapshotted".into());
+            let plugin = Arc::new(self.unprobed(
+                spec,
+                instrumented,
+                config_json.to_owned(),
+                unconfigured,
+            )?);
+            let taken = snapshot::take(&plugin, file.bytes.clone())
+                .await
+                .map_err(|source| LoadError::Setup {
+                    name: spec.name.clone(),
+                    path: spec.path.clone(),
+                    source,
+                })?;
+            Ok::<_, LoadError>(match taken {
+                Ok(bytes) => Component::new(&self.inner.engine, &bytes)
+                    .map_err(|err| format!("its snapshot does not compile: {err:#}").into()),
+                Err(reason) => Err(reason.into()),
+            })
+        });
+        Ok(outcome.await?.clone())
     }
 
-    fn lock_components(&self) -> std::sync::MutexGuard<'_, HashMap<ContentHash, Component>> {
-        // The map holds only finished components; a panic elsewhere cannot leave it half-written.
-        self.inner
-            .components
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// A plugin of `spec` whose instances start from `component`, its phases not yet known.
+    fn unprobed(
+        &self,
+        spec: &PluginSpec,
+        component: &Component,
+        config_json: String,
+        image: StartImage,
+    ) -> Result<LoadedPlugin, LoadError> {
+        let link_error = |err: wasmtime::Error| LoadError::Link {
+            path: spec.path.clone(),
+            reason: format!("{err:#}"),
+        };
+        let instance_pre = self
+            .inner
+            .linker
+            .instantiate_pre(component)
+            .map_err(link_error)?;
+        let pre = bindings::PluginWorldPre::new(instance_pre).map_err(link_error)?;
+        Ok(LoadedPlugin {
+            name: spec.name.as_str().into(),
+            path: spec.path.clone(),
+            config_json,
+            memory_limit: spec.memory_limit.min(MAX_MEMORY_LIMIT),
+            time_limit: spec.time_limit,
+            fail_open: spec.fail_open,
+            phases: PhaseSet::EMPTY,
+            image,
+            pre,
+            capacity: self.inner.capacity.clone(),
+            quarantine: Arc::default(),
+        })
     }
 }

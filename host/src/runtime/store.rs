@@ -259,6 +259,11 @@ impl PluginStore {
         }
     }
 
+    /// Whether WASI resources (streams, descriptors) are alive in the host for this instance.
+    pub(super) fn holds_host_resources(&self) -> bool {
+        !self.table.is_empty()
+    }
+
     /// Takes the host calls recorded so far.
     pub fn take_calls(&mut self) -> Vec<HostCall> {
         self.calls.as_mut().map(std::mem::take).unwrap_or_default()

@@ -1,6 +1,7 @@
 //! Test guest: a plugin that misbehaves on purpose, to test the sandbox's limits.
 //!
-//! Configuration: `{"phase": "access", "mode": "loop" | "grow" | "trap" | "ok", "when_header": "x-misbehave"}`
+//! Configuration: `{"phase": "access", "mode": "loop" | "grow" | "trap" | "scribble" | "ok",
+//! "when_header": "x-misbehave", "stdout_at_configure": false}`
 //!
 //! - `loop` spins forever (the call deadline must stop it);
 //! - `grow` allocates and touches 1 MiB after 1 MiB without end (the memory cap must stop it);
@@ -9,11 +10,20 @@
 //!   lines, through the log API and to stderr (the per-call output cap must hold it);
 //! - `headers` sets 30,000 distinct request headers (the host must refuse past its bound, not
 //!   panic), then answers 200 with the host's refusal message as the body;
+//! - `scribble` checks that its memory is the image it started from (a 64 KiB static still
+//!   zero, a 256 KiB heap buffer still holding the pattern `configure` wrote), then overwrites
+//!   both: it answers 200 `initial image` when they were, 409 naming what it saw otherwise, so a
+//!   request that could read an earlier one's memory says so;
 //! - `ok` does nothing.
+//!
+//! With `"stdout_at_configure": true`, `configure` prints a line to stdout, which leaves a WASI
+//! stream open in the host: such a plugin cannot be snapshotted after `configure`.
 //!
 //! It declares every request phase and misbehaves only in `phase` (default `access`), and, when
 //! `when_header` is given, only for requests that carry that header, so the same plugin can serve
 //! a bad request and then a good one.
+
+use std::sync::Mutex;
 
 use serde::Deserialize;
 use tollgate_sdk::{Phase, PhaseResult, Plugin, log, request, response};
@@ -26,6 +36,7 @@ enum Mode {
     Trap,
     Flood,
     Headers,
+    Scribble,
     Ok,
 }
 
@@ -37,7 +48,16 @@ struct Config {
     mode: Mode,
     #[serde(default)]
     when_header: Option<String>,
+    #[serde(default)]
+    stdout_at_configure: bool,
 }
+
+/// Zero in the image; every `scribble` call fills it.
+static SCRIBBLED: Mutex<[u8; 64 << 10]> = Mutex::new([0; 64 << 10]);
+/// Allocated and filled with [`CONFIGURED`] by `configure`; every `scribble` call overwrites it.
+static HEAP: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+const CONFIGURED: u8 = 0xC0;
+const SCRIBBLE: u8 = 0x5A;
 
 /// The configured plugin.
 #[derive(Debug)]
@@ -55,6 +75,12 @@ impl Plugin for Misbehave {
         let name = config.phase.as_deref().unwrap_or("access");
         let phase = Phase::from_name(name)
             .ok_or_else(|| format!("invalid misbehave config: unknown phase {name:?}"))?;
+        if config.stdout_at_configure {
+            println!("misbehave: configured");
+        }
+        if matches!(config.mode, Mode::Scribble) {
+            *lock(&HEAP) = vec![CONFIGURED; 256 << 10];
+        }
         Ok(Misbehave {
             phase,
             mode: config.mode,
@@ -106,9 +132,37 @@ impl Misbehave {
                 Ok(())
             }
             Mode::Headers => many_headers(),
+            Mode::Scribble => scribble(),
             Mode::Ok => Ok(()),
         }
     }
+}
+
+/// Answers whether this instance's memory is its initial image, then dirties it.
+fn scribble() -> PhaseResult {
+    let mut scribbled = lock(&SCRIBBLED);
+    let mut heap = lock(&HEAP);
+    let dirty_static = scribbled.iter().filter(|byte| **byte != 0).count();
+    let dirty_heap = heap.iter().filter(|byte| **byte != CONFIGURED).count();
+    let configured = heap.len();
+    scribbled.fill(SCRIBBLE);
+    heap.fill(SCRIBBLE);
+    if dirty_static == 0 && dirty_heap == 0 && configured == 256 << 10 {
+        response::exit(200, &[], b"initial image")?;
+    } else {
+        let seen = format!(
+            "saw {dirty_static} written static bytes, {dirty_heap} changed heap bytes, \
+             a heap of {configured} bytes"
+        );
+        response::exit(409, &[], seen.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn spin() -> ! {
