@@ -483,6 +483,71 @@ async fn over_the_connection_cap_new_connections_are_closed_at_once_and_the_rest
     assert!(warnings.contains("connection cap reached"), "{warnings}");
 }
 
+/// Connections opened before a reload still count against the cap after it: the reloaded
+/// listener keeps its count of open connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_holds_across_a_reload() {
+    let gateway = Gateway::start(&config("max_connections = 2", CATCH_ALL)).await;
+    let addr = gateway.addr();
+    let request = request_head("GET", "/capped", &[]).replace("Connection: close\r\n", "");
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(request.as_bytes()).await.expect("request");
+        let reply = within(Duration::from_secs(5), read_response(&mut tcp), "response")
+            .await
+            .expect("response");
+        assert_eq!(reply.status, 200);
+        open.push(tcp);
+    }
+    gateway.tollgate.signal("HUP");
+    assert!(
+        gateway
+            .tollgate
+            .wait_for_stderr(Duration::from_secs(30), |line| line.contains("reloaded")),
+        "no reload:\n{}",
+        gateway.tollgate.stderr().join("\n")
+    );
+
+    // A third connection is still over the cap: closed at once, no bytes.
+    let mut over = TcpStream::connect(addr).await.expect("connect");
+    let _ = over.write_all(request.as_bytes()).await;
+    let mut bytes = Vec::new();
+    let _ = within(
+        Duration::from_secs(2),
+        over.read_to_end(&mut bytes),
+        "the over-cap connection to close",
+    )
+    .await;
+    assert!(bytes.is_empty(), "{}", String::from_utf8_lossy(&bytes));
+
+    // The two from before the reload keep working; when one leaves, a new one is served.
+    for tcp in &mut open {
+        tcp.write_all(request.as_bytes()).await.expect("request");
+        let reply = within(Duration::from_secs(5), read_response(tcp), "response")
+            .await
+            .expect("response");
+        assert_eq!(reply.status, 200);
+    }
+    drop(open.pop());
+    let served_again = within(
+        Duration::from_secs(5),
+        async {
+            loop {
+                let mut tcp = TcpStream::connect(addr).await.expect("connect");
+                let _ = tcp.write_all(request.as_bytes()).await;
+                if let Ok(reply) = read_response(&mut tcp).await {
+                    break reply.status;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+        "a new connection to be served after one closed",
+    )
+    .await;
+    assert_eq!(served_again, 200);
+}
+
 /// Started as a service manager with `LimitNOFILE=1024` would start it, with the default
 /// `max_connections` (4096) far past what 1,024 descriptors hold: the gateway lowers the cap to
 /// fit, so a flood of idle connections is refused at the cap instead of exhausting descriptors,

@@ -69,9 +69,34 @@ impl ListenerShared {
         }
     }
 
-    /// The port the listener's socket is bound to.
-    pub(super) fn local_port(&self) -> u16 {
-        self.local_port
+    /// `self` with its settings replaced by a reload, keeping the count of open connections:
+    /// connections opened before the reload hold permits of this listener's semaphore, so the
+    /// new generation shares it, resized to the new `max_connections`. Permits a lowered cap
+    /// takes away are withheld as the connections holding them close.
+    pub(super) fn reloaded(
+        &self,
+        name: String,
+        tls: Option<Arc<ListenerTls>>,
+        limits: ClientLimits,
+        drain_timeout: Duration,
+    ) -> ListenerShared {
+        let (old, new) = (self.limits.max_connections, limits.max_connections);
+        let permits = self.permits.clone();
+        if new > old {
+            permits.add_permits(new - old);
+        } else if new < old {
+            let withheld = u32::try_from(old - new).unwrap_or(u32::MAX);
+            let semaphore = permits.clone();
+            tokio::spawn(async move {
+                if let Ok(taken) = semaphore.acquire_many_owned(withheld).await {
+                    taken.forget();
+                }
+            });
+        }
+        ListenerShared {
+            permits,
+            ..ListenerShared::new(name, tls, limits, self.local_port, drain_timeout)
+        }
     }
 }
 

@@ -336,14 +336,13 @@ impl Serving {
             let Some(mut running) = previous.get_mut(index).and_then(Option::take) else {
                 continue;
             };
-            let port = running.shared.load().local_port();
-            running.shared.store(Arc::new(ListenerShared::new(
+            let reloaded = running.shared.load().reloaded(
                 listener.name.clone(),
                 tls,
                 listener.limits.clone(),
-                port,
                 self.config.drain_timeout,
-            )));
+            );
+            running.shared.store(Arc::new(reloaded));
             running.config = listener;
             self.listeners.push(running);
         }
