@@ -415,6 +415,34 @@ async fn slow_and_silent_connections_are_closed_at_their_deadlines_while_others_
 // The connection cap
 // ---------------------------------------------------------------------------------------------
 
+/// The status of `request` sent on the open connection `tcp`.
+async fn served_on(tcp: &mut TcpStream, request: &str) -> u16 {
+    tcp.write_all(request.as_bytes()).await.expect("request");
+    within(Duration::from_secs(5), read_response(tcp), "response")
+        .await
+        .expect("response")
+        .status
+}
+
+/// The status of `request` on a new connection, retried while the cap closes them at once.
+async fn served_once_a_slot_frees(addr: SocketAddr, request: &str) -> u16 {
+    within(
+        Duration::from_secs(5),
+        async {
+            loop {
+                let mut tcp = TcpStream::connect(addr).await.expect("connect");
+                let _ = tcp.write_all(request.as_bytes()).await;
+                if let Ok(reply) = read_response(&mut tcp).await {
+                    break reply.status;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+        "a new connection to be served after one closed",
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_connection_cap_new_connections_are_closed_at_once_and_the_rest_are_served() {
     let gateway = Gateway::start(&config("max_connections = 3", CATCH_ALL)).await;
@@ -454,31 +482,12 @@ async fn over_the_connection_cap_new_connections_are_closed_at_once_and_the_rest
 
     // The three keep working.
     for tcp in &mut open {
-        tcp.write_all(request.as_bytes()).await.expect("request");
-        let reply = within(Duration::from_secs(5), read_response(tcp), "response")
-            .await
-            .expect("response");
-        assert_eq!(reply.status, 200);
+        assert_eq!(served_on(tcp, &request).await, 200);
     }
 
     // One leaves; a new connection is served again.
     drop(open.pop());
-    let served_again = within(
-        Duration::from_secs(5),
-        async {
-            loop {
-                let mut tcp = TcpStream::connect(addr).await.expect("connect");
-                let _ = tcp.write_all(request.as_bytes()).await;
-                if let Ok(reply) = read_response(&mut tcp).await {
-                    break reply.status;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        },
-        "a new connection to be served after one closed",
-    )
-    .await;
-    assert_eq!(served_again, 200);
+    assert_eq!(served_once_a_slot_frees(addr, &request).await, 200);
     let warnings = gateway.tollgate.stderr().join("\n");
     assert!(warnings.contains("connection cap reached"), "{warnings}");
 }
@@ -523,29 +532,10 @@ async fn the_connection_cap_holds_across_a_reload() {
 
     // The two from before the reload keep working; when one leaves, a new one is served.
     for tcp in &mut open {
-        tcp.write_all(request.as_bytes()).await.expect("request");
-        let reply = within(Duration::from_secs(5), read_response(tcp), "response")
-            .await
-            .expect("response");
-        assert_eq!(reply.status, 200);
+        assert_eq!(served_on(tcp, &request).await, 200);
     }
     drop(open.pop());
-    let served_again = within(
-        Duration::from_secs(5),
-        async {
-            loop {
-                let mut tcp = TcpStream::connect(addr).await.expect("connect");
-                let _ = tcp.write_all(request.as_bytes()).await;
-                if let Ok(reply) = read_response(&mut tcp).await {
-                    break reply.status;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        },
-        "a new connection to be served after one closed",
-    )
-    .await;
-    assert_eq!(served_again, 200);
+    assert_eq!(served_once_a_slot_frees(addr, &request).await, 200);
 }
 
 /// Started as a service manager with `LimitNOFILE=1024` would start it, with the default
