@@ -482,12 +482,12 @@ async fn over_the_connection_cap_new_connections_are_closed_at_once_and_the_rest
 
     // The three keep working.
     for tcp in &mut open {
-        assert_eq!(served_on(tcp, &request).await, 200);
+        assert_eq!(served_on(tcp, request).await, 200);
     }
 
     // One leaves; a new connection is served again.
     drop(open.pop());
-    assert_eq!(served_once_a_slot_frees(addr, &request).await, 200);
+    assert_eq!(served_once_a_slot_frees(addr, request).await, 200);
     let warnings = gateway.tollgate.stderr().join("\n");
     assert!(warnings.contains("connection cap reached"), "{warnings}");
 }
