@@ -114,6 +114,9 @@ async fn check(path: &Path) -> anyhow::Result<bool> {
             for route in prepared.route_capacity(config.runtime) {
                 println!("  {route}");
             }
+            for oversized in prepared.oversized_starts().await {
+                println!("  {oversized}");
+            }
             Ok(true)
         }
         Err(err) => report(err),
@@ -140,13 +143,15 @@ async fn serve(
     pid_file: Option<&Path>,
 ) -> anyhow::Result<bool> {
     gateway.raise_open_file_limit();
-    for (name, addr) in gateway.local_addrs() {
-        tracing::info!(listener = %name, %addr, "listening");
-    }
+    // The pid file exists before "listening" is logged: whoever waits for that line (a
+    // supervisor, a test) can signal the process at once.
     let pid_file = match pid_file {
         Some(path) => Some(PidFile::write(path)?),
         None => None,
     };
+    for (name, addr) in gateway.local_addrs() {
+        tracing::info!(listener = %name, %addr, "listening");
+    }
     let shutdown = CancellationToken::new();
     gateway::cancel_on_signal(shutdown.clone());
     let (reloader, reloads) = gateway::reload_channel(config_path.to_path_buf());

@@ -1374,3 +1374,53 @@ async fn the_readme_demo_does_what_its_printed_curl_commands_say() {
         .expect("wait task");
     assert!(exited.is_some(), "the demo stops on SIGTERM");
 }
+
+#[test]
+fn tollgate_check_names_plugins_whose_memory_starts_above_what_a_slot_keeps_resident() {
+    use tollgate_tests::examples_support::plugin_path;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tollgate.toml");
+    let config = format!(
+        r#"[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+
+[[services]]
+name = "echo"
+targets = ["127.0.0.1:9"]
+
+[[routes]]
+name = "default"
+paths = ["/"]
+service = "echo"
+
+[[plugins]]
+name = "tls-metadata-headers"
+path = {small:?}
+
+[[plugins]]
+name = "py-client-cert-header"
+path = {python:?}
+memory_limit = "64MiB"
+time_limit = "1s"
+"#,
+        small = plugin_path("tls-metadata-headers"),
+        python = plugin_path("py-client-cert-header"),
+    );
+    std::fs::write(&path, config).expect("config written");
+    let (code, stdout, stderr) = check(&path);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    // The Rust example, linked with a 64 KiB stack (.cargo/config.toml), fits; CPython does not.
+    assert!(
+        !stdout.contains("plugin tls-metadata-headers: its memory starts at"),
+        "{stdout}"
+    );
+    let line = stdout
+        .lines()
+        .find(|line| line.contains("plugin py-client-cert-header: its memory starts at"))
+        .unwrap_or_else(|| panic!("no line about the Python plugin's memory:\n{stdout}"));
+    assert!(
+        line.contains("above the 128 KiB a pool slot keeps resident"),
+        "{line}"
+    );
+}

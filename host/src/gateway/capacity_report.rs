@@ -1,11 +1,13 @@
 //! What the configured limits imply, as `tollgate check` reports it: for each route, how many
 //! instance slots and how much plugin memory one request may take, and so how many requests in
-//! flight the runtime's slots and memory budget admit on that route alone.
+//! flight the runtime's slots and memory budget admit on that route alone; and which plugins
+//! start with more memory than a pool slot keeps resident between instances.
 
 use tollgate_phases::PhaseSet;
 
 use super::Prepared;
 use crate::runtime::RuntimeLimits;
+use crate::runtime::engine::MEMORY_KEEP_RESIDENT;
 
 /// One route's share of the runtime limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +48,55 @@ impl Prepared {
                 }
             })
             .collect()
+    }
+}
+
+/// A plugin whose instances start with a linear memory larger than the part of a pool slot that
+/// stays resident between instances: each instance pays `madvise` and page faults for the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OversizedStart {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The size its largest linear memory starts at.
+    pub starting_memory: usize,
+}
+
+impl Prepared {
+    /// The plugins whose memory starts above [`MEMORY_KEEP_RESIDENT`], measured on one fresh
+    /// instance of each (a plugin that cannot be instantiated is skipped: loading named it).
+    pub async fn oversized_starts(&self) -> Vec<OversizedStart> {
+        let mut oversized = Vec::new();
+        for plugin in self.parts.chains.plugins() {
+            let instance = match plugin.instantiate(false).await {
+                Ok(instance) => instance,
+                Err(err) => {
+                    tracing::debug!(plugin = plugin.name(), "no instance to measure: {err}");
+                    continue;
+                }
+            };
+            let starting_memory = instance.largest_memory();
+            if starting_memory > MEMORY_KEEP_RESIDENT {
+                oversized.push(OversizedStart {
+                    plugin: plugin.name().to_owned(),
+                    starting_memory,
+                });
+            }
+        }
+        oversized
+    }
+}
+
+impl std::fmt::Display for OversizedStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "plugin {}: its memory starts at {}, above the {} a pool slot keeps resident, so \
+             every instance pays page faults for the rest (a Rust plugin linked with a 64 KiB \
+             stack fits: see docs/writing-plugins.md)",
+            self.plugin,
+            human_bytes(self.starting_memory),
+            human_bytes(MEMORY_KEEP_RESIDENT)
+        )
     }
 }
 

@@ -52,6 +52,11 @@ impl Chains {
         }
     }
 
+    /// Every configured plugin, in run order.
+    pub fn plugins(&self) -> impl Iterator<Item = &Arc<LoadedPlugin>> {
+        self.plugins.iter().map(|(_, plugin)| plugin)
+    }
+
     /// The chain of the named route.
     pub fn for_route(&self, route: &str) -> Chain {
         self.by_route

@@ -36,7 +36,7 @@ use crate::runtime::{LoadError, PluginFault, PluginSpec, Runtime};
 use crate::tls::{self, ListenerTls, ServerCertificate, TicketKeys, TlsError, TrustAnchors};
 
 pub use admin::{Health, Phase as HealthPhase};
-pub use capacity_report::{RouteCapacity, human_bytes};
+pub use capacity_report::{OversizedStart, RouteCapacity, human_bytes};
 pub use chains::{Chain, Chains};
 pub use reload::{ReloadHandle, ReloadRequests, Reloaded, reload_channel};
 pub use watchdog::RESET_WINDOW;

@@ -242,6 +242,11 @@ impl PluginInstance {
         }
     }
 
+    /// The size of the instance's largest linear memory (see [`InstanceMemory::largest_memory`]).
+    pub fn largest_memory(&self) -> usize {
+        self.store.data().memory.largest_memory()
+    }
+
     /// Takes the host calls recorded so far (when recording was asked for).
     pub fn take_calls(&mut self) -> Vec<HostCall> {
         self.store.data_mut().take_calls()

@@ -78,6 +78,8 @@ pub enum MemoryRefusal {
 pub struct InstanceMemory {
     limit: usize,
     used: usize,
+    /// The size of the largest linear memory, as last grown.
+    largest_memory: usize,
     capacity: Arc<Capacity>,
     refused: Option<MemoryRefusal>,
 }
@@ -88,6 +90,7 @@ impl InstanceMemory {
         InstanceMemory {
             limit,
             used: 0,
+            largest_memory: 0,
             capacity,
             refused: None,
         }
@@ -96,6 +99,12 @@ impl InstanceMemory {
     /// Why a growth was refused, if one was.
     pub fn refused(&self) -> Option<MemoryRefusal> {
         self.refused
+    }
+
+    /// The size of the instance's largest linear memory: right after instantiation, the size
+    /// its image starts with.
+    pub fn largest_memory(&self) -> usize {
+        self.largest_memory
     }
 
     fn grow(&mut self, current: usize, desired: usize) -> wasmtime::Result<bool> {
@@ -147,7 +156,11 @@ impl ResourceLimiter for InstanceMemory {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        self.grow(current, desired)
+        let grown = self.grow(current, desired)?;
+        if grown {
+            self.largest_memory = self.largest_memory.max(desired);
+        }
+        Ok(grown)
     }
 
     fn table_growing(
