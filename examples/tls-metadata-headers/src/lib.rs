@@ -18,7 +18,7 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// The header names, as configured.
+/// The header names, as configured, and whether the chain is forwarded.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -34,6 +34,10 @@ pub struct Config {
     pub client_cert_subject_dn_header_name: String,
     /// SHA-1 of the leaf's DER, lower-case hex.
     pub client_cert_fingerprint_header_name: String,
+    /// Whether the chain header is sent. The chain is most of the bytes these headers add
+    /// (2–3 KiB URL-encoded for a leaf and one intermediate); an upstream that needs only the
+    /// leaf (nginx's `$ssl_client_escaped_cert` is the leaf alone) is spared them.
+    pub forward_chain: bool,
 }
 
 impl Default for Config {
@@ -45,6 +49,7 @@ impl Default for Config {
             client_cert_issuer_dn_header_name: "X-Client-Cert-Issuer-DN".into(),
             client_cert_subject_dn_header_name: "X-Client-Cert-Subject-DN".into(),
             client_cert_fingerprint_header_name: "X-Client-Cert-Fingerprint".into(),
+            forward_chain: true,
         }
     }
 }
@@ -120,26 +125,21 @@ impl Plugin for TlsMetadataHeaders {
         for (_, name) in self.config.names() {
             request::remove_header(name)?;
         }
-        let chain = match client_tls::get_full_client_certificate_chain() {
-            Ok(Some(chain)) => chain,
-            Ok(None) => {
-                // Debug, not info: on a route open to clients without certificates this is every
-                // request.
-                log::debug(
-                    "no client certificate (none requested, or none sent): nothing forwarded",
-                );
-                return Ok(());
+        let chain = if self.config.forward_chain {
+            match client_tls::get_full_client_certificate_chain() {
+                Ok(Some(chain)) => Some(chain),
+                Ok(None) => return no_certificate(),
+                Err(Error::NotTls) => return not_tls(),
+                Err(err) => return Err(err.into()),
             }
-            Err(Error::NotTls) => {
-                log::debug("connection is not TLS: no client certificate forwarded");
-                return Ok(());
-            }
-            Err(err) => return Err(err.into()),
+        } else {
+            None
         };
         // The gateway reads the leaf once per connection; nothing is parsed here.
         let leaf = match client_tls::get_client_certificate() {
             Ok(Some(leaf)) => leaf,
-            Ok(None) => return Ok(()),
+            Ok(None) => return no_certificate(),
+            Err(Error::NotTls) => return not_tls(),
             Err(Error::InvalidArgument(why)) => {
                 log::warn(&format!("{why}: nothing forwarded"));
                 return Ok(());
@@ -148,7 +148,9 @@ impl Plugin for TlsMetadataHeaders {
         };
         let c = &self.config;
         request::set_header(&c.client_cert_header_name, &url_encode(&leaf.pem))?;
-        request::set_header(&c.client_cert_chain_header_name, &url_encode(&chain))?;
+        if let Some(chain) = chain {
+            request::set_header(&c.client_cert_chain_header_name, &url_encode(&chain))?;
+        }
         request::set_header(&c.client_serial_header_name, &leaf.serial)?;
         request::set_header(&c.client_cert_issuer_dn_header_name, &leaf.issuer)?;
         request::set_header(&c.client_cert_subject_dn_header_name, &leaf.subject)?;
@@ -158,6 +160,17 @@ impl Plugin for TlsMetadataHeaders {
         )?;
         Ok(())
     }
+}
+
+fn no_certificate() -> PhaseResult {
+    // Debug, not info: on a route open to clients without certificates this is every request.
+    log::debug("no client certificate (none requested, or none sent): nothing forwarded");
+    Ok(())
+}
+
+fn not_tls() -> PhaseResult {
+    log::debug("connection is not TLS: no client certificate forwarded");
+    Ok(())
 }
 
 fn url_encode(text: &str) -> String {

@@ -150,6 +150,21 @@ fn fingerprint_is_lower_case_sha1_of_the_leaf_der() {
 }
 
 #[test]
+fn without_forward_chain_the_leaf_is_forwarded_and_the_chain_is_not() {
+    let chain = Chain::new(&[0x8a, 0x01]);
+    let host = run(r#"{"forward_chain": false}"#, with_chain(&chain.pem()));
+    assert_eq!(
+        decoded(&host, "X-Client-Cert"),
+        chain.leaf.pem().replace("\r\n", "\n")
+    );
+    assert_eq!(
+        host.request_header("X-Client-Cert-Serial").as_deref(),
+        Some("8A01")
+    );
+    assert_eq!(host.request_header("X-Client-Cert-Chain"), None);
+}
+
+#[test]
 fn configured_header_names_are_used() {
     let config =
         r#"{"client_cert_header_name": "X-Cert", "client_cert_fingerprint_header_name": "X-FP"}"#;
