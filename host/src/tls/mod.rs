@@ -44,22 +44,23 @@ pub use policy::TlsPolicy;
 pub use tickets::{TicketKeyError, TicketKeys};
 
 /// A server config that requires a client certificate chaining to `client_ca` (the admin
-/// listener's TLS).
+/// listener's TLS). A key that does not fit `chain` is [`TlsError::InvalidKey`] of index 0.
 pub fn mutual_tls_config(
     chain: Vec<rustls_pki_types::CertificateDer<'static>>,
     key: rustls_pki_types::PrivateKeyDer<'static>,
     client_ca: &TrustAnchors,
-) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         client_ca.root_store(),
         provider(),
     )
     .build()
-    .map_err(|err| rustls::Error::General(err.to_string()))?;
+    .map_err(TlsError::ClientVerifier)?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
+        .with_single_cert(chain, key)
+        .map_err(|source| TlsError::InvalidKey { index: 0, source })?;
     Ok(Arc::new(config))
 }
 
