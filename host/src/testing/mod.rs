@@ -107,8 +107,8 @@ mod scenario;
 use std::path::Path;
 
 pub use self::report::{
-    ClientResponse, ConnectionReport, Expectation, MAX_BODY_SHOWN, NegotiatedTls, Origin,
-    PluginSummary, RequestReport, ScenarioReport, UpstreamRequest,
+    ClientResponse, ConnectionReport, Expectation, MAX_BODY_SHOWN, Origin, PluginSummary,
+    RequestReport, ScenarioReport, UpstreamRequest,
 };
 pub use self::run::{Harness, HarnessError};
 pub use self::scenario::{

@@ -6,7 +6,11 @@
 //!   configs are built once per policy and reused because each one carries its own session cache
 //!   and ticket key, and building a config per connection would throw resumption away.
 //! - [`acceptor`]: reads the ClientHello, runs the certificate phase, finishes the handshake under
-//!   the listener's deadline and reports the [`TlsFacts`] the request phases and the log need.
+//!   the listener's deadline and reports the connection's [`TlsFacts`].
+//! - [`facts`]: [`TlsFacts`], the one shape of a connection's TLS facts (version, cipher, ALPN,
+//!   the client's chain, `client_verify`) that the request phases, the access log and the
+//!   offline harness's report read, and [`client_identity`], which the acceptor and the harness
+//!   both compute the chain and `client_verify` with.
 //! - `client_cert_request` (private): client certificates are *requested, never required*, and chain problems
 //!   never fail the handshake (only a bad CertificateVerify signature does); the chain is checked
 //!   afterwards by [`verify_client_chain`], which gives nginx/OpenSSL-style `client_verify` values.
@@ -19,6 +23,7 @@
 pub mod acceptor;
 pub mod chain_check;
 pub mod client_chain;
+pub mod facts;
 pub mod listener;
 pub mod names;
 pub mod pem;
@@ -34,9 +39,10 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
 
-pub use acceptor::{ClientHelloInfo, HandshakeError, TlsFacts, accept, client_identity};
+pub use acceptor::{ClientHelloInfo, HandshakeError, accept};
 pub use chain_check::{ClientVerify, InvalidClientVerify, TrustAnchors, verify_client_chain};
 pub use client_chain::ClientChain;
+pub use facts::{TlsFacts, client_identity};
 pub use listener::{ListenerTls, ServerCertificate, TlsError};
 pub use names::{cipher_name, protocol_name};
 pub use pem::{PemError, encode_chain, parse_certificates, parse_private_key};
