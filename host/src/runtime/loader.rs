@@ -175,4 +175,25 @@ mod tests {
         assert_eq!(wasm_kind(b"\0asm\x0d\0\x01\0"), Some(WasmKind::Component));
         assert_eq!(wasm_kind(b"#!/bin/sh\n"), None);
     }
+
+    #[test]
+    fn a_truncated_module_keeps_the_validators_error_as_its_source() {
+        let err = validate(b"\0asm\x01\0\0\0\x01", Path::new("cut.wasm")).unwrap_err();
+        let LoadError::Invalid {
+            kind: "module",
+            source,
+            ..
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert!(
+            err.to_string().starts_with(
+                "plugin cut.wasm: invalid WebAssembly module (truncated or corrupted?): "
+            ) && err.to_string().ends_with(&source.to_string()),
+            "{err}"
+        );
+        let reported = std::error::Error::source(&err).expect("a source");
+        assert!(reported.is::<wasmparser::BinaryReaderError>());
+    }
 }
