@@ -52,7 +52,7 @@ fn admit(key: (&str, &'static str)) -> Option<u64> {
 }
 
 /// Logs `message` at warn for `plugin`, unless this (plugin, kind) already warned
-/// [`PER_WINDOW`] times in the current window.
+/// `PER_WINDOW` times in the current window.
 pub fn warn_plugin(plugin: &str, kind: &'static str, message: fmt::Arguments<'_>) {
     if let Some(held_back) = admit((plugin, kind)) {
         if held_back > 0 {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-use crate::tls::{ClientChain, ClientVerify, TlsPolicy};
+use crate::tls::{ClientVerify, TlsFacts, TlsPolicy};
 use tollgate_phases::Target;
 
 /// What is known about the client's connection once the handshake is done.
@@ -19,22 +19,8 @@ pub struct ConnectionFacts {
     pub client_addr: SocketAddr,
     /// The server name the client asked for.
     pub sni: Option<String>,
-    /// The TLS session; `None` on a plaintext connection.
-    pub tls: Option<TlsSession>,
-}
-
-/// The negotiated TLS session of a connection.
-#[derive(Debug, Clone)]
-pub struct TlsSession {
-    /// `TLSv1.2` or `TLSv1.3`.
-    pub version: String,
-    /// OpenSSL's name of the cipher suite.
-    pub cipher: String,
-    /// The client's chain as sent, with its PEM and the leaf's facts; `None` when no
-    /// certificate was requested or none was sent.
-    pub client_chain: Option<ClientChain>,
-    /// The verify result of the handshake (spec §4), before any plugin override.
-    pub client_verify: ClientVerify,
+    /// What the TLS handshake established; `None` on a plaintext connection.
+    pub tls: Option<TlsFacts>,
 }
 
 /// Key/value pairs shared between phases and plugins.

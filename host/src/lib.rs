@@ -2,10 +2,17 @@
 //! plugins, with Kong's `kong.client.tls` API at its heart.
 //!
 //! - [`runtime`]: loads plugins from `.wasm` files and runs them in a sandbox.
-//! - [`pipeline`]: runs the plugin phases over a connection and its requests.
-//! - [`tls`]: the TLS listener, the certificate phase's policies, client chain verification.
-//! - [`proxy`]: the HTTP server, routing and the upstream side.
+//! - [`exchange`]: the state plugins read and change: the connection's facts, one request's
+//!   head, context and response.
+//! - [`pipeline`]: runs one plugin phase over a chain of plugins, and the certificate phase.
+//! - [`lifecycle`]: the one request lifecycle, rewrite to log, which the gateway and the harness
+//!   both drive.
+//! - [`tls`]: the TLS listener and acceptor, the certificate phase's policies, a connection's
+//!   [`TlsFacts`](tls::TlsFacts), client chain verification.
+//! - [`gateway`]: listeners, connections, the request path, reloads and the admin listener.
+//! - [`proxy`]: routing, the upstream client, forwarding headers, the demo upstream.
 //! - [`config`] and [`log`]: the config file and the Kong-shaped access log.
+//! - [`metrics`] and [`alerts`]: Prometheus metrics and rate-limited operator warnings.
 //! - [`testing`]: the offline harness behind `tollgate test`.
 
 pub mod alerts;

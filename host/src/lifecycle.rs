@@ -501,8 +501,8 @@ fn log_entry(
         exchange.client_verify(),
     ) {
         draft.request.tls = Some(TlsLog {
-            version: tls.version.clone(),
-            cipher: tls.cipher.clone(),
+            version: tls.version.to_owned(),
+            cipher: tls.cipher.to_owned(),
             client_verify: verify.to_string(),
         });
     }

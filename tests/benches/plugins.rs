@@ -11,10 +11,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tollgate::exchange::{ConnectionFacts, RequestHead, TlsSession};
+use tollgate::exchange::{ConnectionFacts, RequestHead};
 use tollgate::pipeline::{Recording, run_certificate_phase};
 use tollgate::runtime::{LoadedPlugin, PluginSpec, Runtime, RuntimeLimits, Snapshots, StartImage};
-use tollgate::tls::{ClientChain, ClientVerify};
+use tollgate::tls::{ClientChain, ClientVerify, TlsFacts};
 use tollgate_tests::examples_support::{cert, pem_for_toml, plugin_path};
 use tollgate_tests::{client_addr, exchange, get, run_request_phases};
 
@@ -75,9 +75,10 @@ fn connection() -> Arc<ConnectionFacts> {
     Arc::new(ConnectionFacts {
         client_addr: client_addr(),
         sni: Some("api.example.com".to_owned()),
-        tls: Some(TlsSession {
-            version: "TLSv1.3".to_owned(),
-            cipher: "TLS_AES_256_GCM_SHA384".to_owned(),
+        tls: Some(TlsFacts {
+            version: "TLSv1.3",
+            cipher: "TLS_AES_256_GCM_SHA384",
+            alpn: None,
             client_chain: Some(ClientChain::from_pem(&chain).expect("a readable chain")),
             client_verify: ClientVerify::Success,
         }),

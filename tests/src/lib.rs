@@ -23,10 +23,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use tollgate::Phase;
-use tollgate::exchange::{ConnectionFacts, ExchangeState, RequestHead, ResponseHead, TlsSession};
+use tollgate::exchange::{ConnectionFacts, ExchangeState, RequestHead, ResponseHead};
 use tollgate::pipeline::{Exchange, Recording, TraceEntry};
 use tollgate::runtime::{HostCall, LoadedPlugin, PluginError, PluginSpec, Runtime};
-use tollgate::tls::{ClientChain, ClientVerify};
+use tollgate::tls::{ClientChain, ClientVerify, TlsFacts};
 
 pub use pki::{PkiFiles, TestPki};
 
@@ -86,9 +86,10 @@ pub fn tls_connection(chain: Option<String>, verify: ClientVerify) -> Arc<Connec
     Arc::new(ConnectionFacts {
         client_addr: client_addr(),
         sni: Some("localhost".to_string()),
-        tls: Some(TlsSession {
-            version: "TLSv1.3".to_string(),
-            cipher: "TLS_AES_256_GCM_SHA384".to_string(),
+        tls: Some(TlsFacts {
+            version: "TLSv1.3",
+            cipher: "TLS_AES_256_GCM_SHA384",
+            alpn: None,
             client_chain: chain.map(|pem| ClientChain::from_pem(&pem).expect("a readable chain")),
             client_verify: verify,
         }),

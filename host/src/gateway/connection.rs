@@ -22,7 +22,7 @@ use super::body::PumpedBody;
 use super::request::{EstablishedConnection, handle};
 use super::watchdog::{Expiry, GuardedIo, TrackedBody, Watchdog};
 use crate::config::ClientLimits;
-use crate::exchange::{ConnectionFacts, Context, TlsSession};
+use crate::exchange::{ConnectionFacts, Context};
 use crate::pipeline::{self, Recording};
 use crate::runtime::{LoadedPlugin, PluginError};
 use crate::tls::{self, ListenerTls};
@@ -240,6 +240,7 @@ async fn serve_tls(
     let shared = current.load_full();
     let mut context = Context::new();
     let mut certificate_plugins = Vec::new();
+    let mut sni = None;
     let certificate_phase = async |hello: &tls::ClientHelloInfo| {
         let plugins = shared.chains.for_sni(&shared.router, hello.sni.as_deref());
         let outcome =
@@ -248,6 +249,8 @@ async fn serve_tls(
                 .map_err(|(err, _)| err)?;
         context = outcome.context;
         certificate_plugins = plugins;
+        // The server name that chose the plugins is the one the connection reports.
+        sni = hello.sni.clone();
         Ok::<_, PluginError>(outcome.policy)
     };
     let (stream, facts) = match tls::accept(listener, tcp, certificate_phase).await {
@@ -271,13 +274,8 @@ async fn serve_tls(
     }
     let facts = ConnectionFacts {
         client_addr: peer,
-        sni: facts.sni,
-        tls: Some(TlsSession {
-            version: facts.version.to_owned(),
-            cipher: facts.cipher.to_owned(),
-            client_chain: facts.client_chain.map(tls::ClientChain::new),
-            client_verify: facts.client_verify,
-        }),
+        sni,
+        tls: Some(facts),
     };
     let connection = Connection {
         facts,

@@ -254,8 +254,26 @@ fn admin_tls(
     let client_ca = problems.pem(&tls.client_ca, "admin.client_ca", TrustAnchors::from_pem);
     match tls::mutual_tls_config(chain?, key?, &client_ca?) {
         Ok(config) => Some(config),
+        Err(TlsError::InvalidKey { source, .. }) => {
+            problems.add(
+                "admin.key",
+                format!(
+                    "{} does not match the certificate in {} or is unusable ({source})",
+                    tls.key.display(),
+                    tls.cert.display()
+                ),
+            );
+            None
+        }
+        Err(TlsError::ClientVerifier(err)) => {
+            problems.add(
+                "admin.client_ca",
+                format!("{}: {err}", tls.client_ca.display()),
+            );
+            None
+        }
         Err(err) => {
-            problems.add("admin.key", format!("{}: {err}", tls.key.display()));
+            problems.add("admin", err);
             None
         }
     }

@@ -30,33 +30,36 @@ pub enum LoadError {
         path: PathBuf,
     },
     /// The file starts like WebAssembly but does not validate (truncated or corrupted).
-    #[error("plugin {path}: invalid WebAssembly {kind} (truncated or corrupted?): {reason}")]
+    #[error("plugin {path}: invalid WebAssembly {kind} (truncated or corrupted?): {source}")]
     Invalid {
         /// The plugin file.
         path: PathBuf,
         /// `module` or `component`.
         kind: &'static str,
-        /// The validator's message, with the byte offset.
-        reason: String,
+        /// The validator's error, with the byte offset.
+        #[source]
+        source: wasmparser::BinaryReaderError,
     },
     /// A core module could not be turned into a component.
     #[error(
         "plugin {path}: cannot componentize the wasm32-wasip1 module (was it built with the \
-         tollgate-sdk or wit-bindgen against wit/plugin.wit?): {reason}"
+         tollgate-sdk or wit-bindgen against wit/plugin.wit?): {source}"
     )]
     Componentize {
         /// The plugin file.
         path: PathBuf,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: ComponentizeError,
     },
     /// The component did not compile.
-    #[error("plugin {path}: invalid component: {reason}")]
+    #[error("plugin {path}: invalid component: {source:#}")]
     Compile {
         /// The plugin file.
         path: PathBuf,
-        /// What went wrong.
-        reason: String,
+        /// wasmtime's error.
+        #[source]
+        source: wasmtime::Error,
     },
     /// The plugin was built against another version of the WIT package.
     #[error(
@@ -83,12 +86,13 @@ pub enum LoadError {
         missing: &'static str,
     },
     /// The plugin imports something the sandbox does not provide.
-    #[error("plugin {path}: imports what the gateway does not provide: {reason}")]
+    #[error("plugin {path}: imports what the gateway does not provide: {source:#}")]
     Link {
         /// The plugin file.
         path: PathBuf,
-        /// The linker's message, naming the import.
-        reason: String,
+        /// The linker's error, naming the import.
+        #[source]
+        source: wasmtime::Error,
     },
     /// `configure` or `phases` failed: configuration rejected, or a trap.
     #[error("plugin {name} ({path}): {source}")]
@@ -100,6 +104,19 @@ pub enum LoadError {
         /// The failure.
         source: PluginError,
     },
+}
+
+/// Why wit-component could not wrap a core module into a component.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentizeError {
+    /// The encoder refused the module (a missing or mismatched `component-type` section, an
+    /// import the WASI adapter cannot satisfy, ...).
+    #[error("{0:#}")]
+    Encoder(#[source] anyhow::Error),
+    /// wit-component panicked: its `component-type` metadata is corrupt. Holds the panic's
+    /// message.
+    #[error("its component-type metadata is corrupt ({0})")]
+    CorruptMetadata(String),
 }
 
 /// Where in a plugin's life a failure happened.

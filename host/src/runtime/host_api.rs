@@ -107,7 +107,7 @@ impl PluginStore {
         }
     }
 
-    fn tls_session(&mut self) -> HostResult<&crate::exchange::TlsSession> {
+    fn tls_facts(&mut self) -> HostResult<&crate::tls::TlsFacts> {
         self.exchange()?
             .connection
             .tls
@@ -232,7 +232,7 @@ impl client_tls::Host for PluginStore {
             HostFunction::GetFullClientCertificateChain,
             String::new,
             |store| {
-                let chain = store.tls_session()?.client_chain.as_ref();
+                let chain = store.tls_facts()?.client_chain.as_ref();
                 Ok(chain.map(|chain| chain.pem().to_owned()))
             },
         )
@@ -240,7 +240,7 @@ impl client_tls::Host for PluginStore {
 
     fn get_client_certificate(&mut self) -> HostResult<Option<client_tls::ClientCertificate>> {
         self.guarded(HostFunction::GetClientCertificate, String::new, |store| {
-            let Some(chain) = store.tls_session()?.client_chain.as_ref() else {
+            let Some(chain) = store.tls_facts()?.client_chain.as_ref() else {
                 return Ok(None);
             };
             // Read once per connection (the chain keeps it); each call copies it to the guest.
@@ -267,7 +267,7 @@ impl client_tls::Host for PluginStore {
             || shorten(&format!("{ca_certs:?}")),
             |store| {
                 let anchors = cached_anchors(&ca_certs)?;
-                let Some(chain) = store.tls_session()?.client_chain.as_ref() else {
+                let Some(chain) = store.tls_facts()?.client_chain.as_ref() else {
                     return Ok(ClientVerify::None.to_string());
                 };
                 // Kept with the connection per anchor set: later requests ask for free.
@@ -363,19 +363,19 @@ impl connection::Host for PluginStore {
 
     fn tls_version(&mut self) -> HostResult<String> {
         self.guarded(HostFunction::TlsVersion, String::new, |store| {
-            Ok(store.tls_session()?.version.clone())
+            Ok(store.tls_facts()?.version.to_owned())
         })
     }
 
     fn cipher(&mut self) -> HostResult<String> {
         self.guarded(HostFunction::Cipher, String::new, |store| {
-            Ok(store.tls_session()?.cipher.clone())
+            Ok(store.tls_facts()?.cipher.to_owned())
         })
     }
 
     fn client_verify(&mut self) -> HostResult<String> {
         self.guarded(HostFunction::ClientVerify, String::new, |store| {
-            Ok(store.tls_session()?.client_verify.to_string())
+            Ok(store.tls_facts()?.client_verify.to_string())
         })
     }
 }

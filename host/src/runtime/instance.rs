@@ -7,7 +7,7 @@ use tollgate_phases::Phase;
 use wasmtime::component::Instance;
 use wasmtime::{Store, Trap};
 
-use super::LoadedPlugin;
+use super::PreparedPlugin;
 use super::bindings::{self, WitPhase};
 use super::capacity::InstanceSlot;
 use super::error::{PluginError, PluginFault, Stage};
@@ -19,7 +19,7 @@ use crate::exchange::{ExchangeState, HandshakeState};
 /// A plugin instance for one connection's certificate phase or one request's phases. After a
 /// failed call it must not be entered again: callers drop it and make a new one if needed.
 pub struct PluginInstance {
-    plugin: Arc<LoadedPlugin>,
+    plugin: Arc<PreparedPlugin>,
     store: Store<PluginStore>,
     bindings: bindings::PluginWorld,
     /// The pool slot this instance holds until it is dropped.
@@ -29,7 +29,7 @@ pub struct PluginInstance {
 impl std::fmt::Debug for PluginInstance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PluginInstance")
-            .field("plugin", &self.plugin.name())
+            .field("plugin", &self.plugin.name)
             .finish_non_exhaustive()
     }
 }
@@ -60,7 +60,10 @@ impl PhaseCall<'_> {
 impl PluginInstance {
     /// A fresh instance of `plugin`, configured: it starts from the configured snapshot when
     /// the plugin has one, else `configure` runs in it first.
-    pub async fn new(plugin: Arc<LoadedPlugin>, record_calls: bool) -> Result<Self, PluginError> {
+    pub(super) async fn new(
+        plugin: Arc<PreparedPlugin>,
+        record_calls: bool,
+    ) -> Result<Self, PluginError> {
         let (mut store, slot) = new_store(&plugin, record_calls)?;
         let bindings = match plugin.pre.instantiate_async(&mut store).await {
             Ok(bindings) => bindings,
@@ -85,7 +88,7 @@ impl PluginInstance {
     /// A fresh instance of `plugin`'s (instrumented) image, configured, with the handle wizer
     /// reads its state through.
     pub(super) async fn configured_for_snapshot(
-        plugin: &Arc<LoadedPlugin>,
+        plugin: &Arc<PreparedPlugin>,
     ) -> Result<(Self, Instance), PluginError> {
         let (mut store, slot) = new_store(plugin, false)?;
         let instantiated = async {
@@ -255,7 +258,7 @@ impl PluginInstance {
 
 /// A store for one instance of `plugin`, holding one of the runtime's instance slots.
 fn new_store(
-    plugin: &LoadedPlugin,
+    plugin: &PreparedPlugin,
     record_calls: bool,
 ) -> Result<(Store<PluginStore>, InstanceSlot), PluginError> {
     let Some(slot) = plugin.capacity.try_slot() else {
@@ -279,7 +282,7 @@ fn new_store(
 /// Names what stopped a call: the deadline, the memory cap, or another trap.
 fn classify(
     store: &Store<PluginStore>,
-    plugin: &LoadedPlugin,
+    plugin: &PreparedPlugin,
     err: wasmtime::Error,
     other: fn(String) -> PluginFault,
 ) -> PluginFault {

@@ -17,7 +17,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use super::bindings::{HANDLER_EXPORT, OLDER_WIT_VERSIONS, WIT_PACKAGE, WIT_VERSION};
-use super::error::LoadError;
+use super::error::{ComponentizeError, LoadError};
 
 /// What kind of wasm a file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub fn validate(bytes: &[u8], path: &Path) -> Result<WasmKind, LoadError> {
                 WasmKind::CoreModule => "module",
                 WasmKind::Component => "component",
             },
-            reason: err.to_string(),
+            source: err,
         })?;
     Ok(kind)
 }
@@ -68,9 +68,9 @@ pub fn validate(bytes: &[u8], path: &Path) -> Result<WasmKind, LoadError> {
 /// The module is validated first.
 pub fn componentize(module: &[u8], path: &Path) -> Result<Vec<u8>, LoadError> {
     validate(module, path)?;
-    let fail = |reason: String| LoadError::Componentize {
+    let fail = |source| LoadError::Componentize {
         path: path.to_path_buf(),
-        reason,
+        source,
     };
     let encode = || {
         wit_component::ComponentEncoder::default()
@@ -85,10 +85,9 @@ pub fn componentize(module: &[u8], path: &Path) -> Result<Vec<u8>, LoadError> {
     // A valid module can still carry a corrupt `component-type` section, which wit-component
     // decodes with less care than the validator; its panics must not take the process down.
     match std::panic::catch_unwind(encode) {
-        Ok(result) => result.map_err(|err| fail(format!("{err:#}"))),
-        Err(panic) => Err(fail(format!(
-            "its component-type metadata is corrupt ({})",
-            panic_message(&*panic)
+        Ok(result) => result.map_err(|err| fail(ComponentizeError::Encoder(err))),
+        Err(panic) => Err(fail(ComponentizeError::CorruptMetadata(
+            panic_message(&*panic).to_owned(),
         ))),
     }
 }
@@ -119,9 +118,9 @@ pub fn component_bytes(bytes: Vec<u8>, path: &Path) -> Result<Vec<u8>, LoadError
 
 /// Compiles component bytes and checks the plugin's WIT package version.
 pub fn compile(engine: &Engine, bytes: &[u8], path: &Path) -> Result<Component, LoadError> {
-    let component = Component::new(engine, bytes).map_err(|err| LoadError::Compile {
+    let component = Component::new(engine, bytes).map_err(|source| LoadError::Compile {
         path: path.to_path_buf(),
-        reason: format!("{err:#}"),
+        source,
     })?;
     check_interface(engine, &component, path)?;
     Ok(component)
@@ -175,5 +174,26 @@ mod tests {
         assert_eq!(wasm_kind(b"\0asm\x01\0\0\0"), Some(WasmKind::CoreModule));
         assert_eq!(wasm_kind(b"\0asm\x0d\0\x01\0"), Some(WasmKind::Component));
         assert_eq!(wasm_kind(b"#!/bin/sh\n"), None);
+    }
+
+    #[test]
+    fn a_truncated_module_keeps_the_validators_error_as_its_source() {
+        let err = validate(b"\0asm\x01\0\0\0\x01", Path::new("cut.wasm")).unwrap_err();
+        let LoadError::Invalid {
+            kind: "module",
+            source,
+            ..
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert!(
+            err.to_string().starts_with(
+                "plugin cut.wasm: invalid WebAssembly module (truncated or corrupted?): "
+            ) && err.to_string().ends_with(&source.to_string()),
+            "{err}"
+        );
+        let reported = std::error::Error::source(&err).expect("a source");
+        assert!(reported.is::<wasmparser::BinaryReaderError>());
     }
 }

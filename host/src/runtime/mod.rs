@@ -35,7 +35,7 @@ use wasmtime::component::{Component, Linker};
 pub use self::bindings::{HANDLER_EXPORT, OLDER_WIT_VERSIONS, WIT_PACKAGE, WIT_VERSION};
 pub use self::capacity::{Capacity, RuntimeLimits};
 pub use self::engine::{DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_LIMIT, MAX_MEMORY_LIMIT};
-pub use self::error::{LoadError, PluginError, PluginFault, Stage};
+pub use self::error::{ComponentizeError, LoadError, PluginError, PluginFault, Stage};
 pub use self::host_api::NOT_TLS;
 pub use self::instance::{PhaseCall, PluginInstance};
 pub use self::loader::{WasmKind, componentize, wasm_kind};
@@ -89,15 +89,22 @@ pub enum StartImage {
     Unconfigured(Arc<str>),
 }
 
-/// A loaded plugin, ready to be instantiated.
+/// A loaded plugin: how its instances are made, and the phases its first instance declared.
 pub struct LoadedPlugin {
-    name: Arc<str>,
+    prepared: Arc<PreparedPlugin>,
     path: PathBuf,
+    fail_open: bool,
+    phases: PhaseSet,
+}
+
+/// What every instance of a plugin is made from: its linked image, its configuration and its
+/// limits. A [`LoadedPlugin`] is one of these plus the phases its first instance declared, so a
+/// plugin whose phases are not yet known cannot be put in a chain.
+struct PreparedPlugin {
+    name: Arc<str>,
     config_json: String,
     memory_limit: usize,
     time_limit: Duration,
-    fail_open: bool,
-    phases: PhaseSet,
     image: StartImage,
     pre: bindings::PluginWorldPre<PluginStore>,
     capacity: Arc<Capacity>,
@@ -108,7 +115,7 @@ pub struct LoadedPlugin {
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedPlugin")
-            .field("name", &self.name)
+            .field("name", &self.prepared.name)
             .field("path", &self.path)
             .field("phases", &self.phases)
             .finish_non_exhaustive()
@@ -118,7 +125,7 @@ impl std::fmt::Debug for LoadedPlugin {
 impl LoadedPlugin {
     /// The instance name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.prepared.name
     }
 
     /// The file it was loaded from.
@@ -143,29 +150,28 @@ impl LoadedPlugin {
 
     /// Its cap on memories and tables, per instance.
     pub fn memory_limit(&self) -> usize {
-        self.memory_limit
+        self.prepared.memory_limit
     }
 
     /// The slots and memory budget its instances draw from.
     pub fn capacity(&self) -> &Arc<Capacity> {
-        &self.capacity
+        &self.prepared.capacity
     }
 
     /// What its fresh instances start from.
     pub fn start_image(&self) -> &StartImage {
-        &self.image
-    }
-
-    fn starts_configured(&self) -> bool {
-        self.image == StartImage::Configured
+        &self.prepared.image
     }
 
     /// A fresh, configured instance.
-    pub async fn instantiate(
-        self: &Arc<Self>,
-        record_calls: bool,
-    ) -> Result<PluginInstance, PluginError> {
-        PluginInstance::new(self.clone(), record_calls).await
+    pub async fn instantiate(&self, record_calls: bool) -> Result<PluginInstance, PluginError> {
+        PluginInstance::new(self.prepared.clone(), record_calls).await
+    }
+}
+
+impl PreparedPlugin {
+    fn starts_configured(&self) -> bool {
+        self.image == StartImage::Configured
     }
 
     fn error(&self, stage: Stage, fault: PluginFault) -> PluginError {
@@ -290,10 +296,10 @@ impl Runtime {
                 )
             }
         };
-        let plugin = Arc::new(self.unprobed(&spec, &component, config_json, image)?);
+        let prepared = Arc::new(self.prepare(&spec, &component, config_json, image)?);
         // One instance validates the image and says which phases the plugin handles.
         let probe = async {
-            let mut instance = plugin.instantiate(false).await?;
+            let mut instance = PluginInstance::new(prepared.clone(), false).await?;
             instance.declared_phases().await
         };
         let phases = probe.await.map_err(|source| LoadError::Setup {
@@ -301,10 +307,12 @@ impl Runtime {
             path: spec.path.clone(),
             source,
         })?;
-        // The probe instance is gone, so this is the only reference.
-        let mut plugin = Arc::into_inner(plugin).expect("probe instance dropped");
-        plugin.phases = phases.into_iter().collect();
-        Ok(Arc::new(plugin))
+        Ok(Arc::new(LoadedPlugin {
+            prepared,
+            path: spec.path,
+            fail_open: spec.fail_open,
+            phases: phases.into_iter().collect(),
+        }))
     }
 
     /// The configured snapshot of `file` with `config_json`, taken on first need; or why there
@@ -326,12 +334,8 @@ impl Runtime {
         let cell = self.inner.images.snapshot(digest, config_json);
         let outcome = cell.get_or_try_init(|| async {
             let unconfigured = StartImage::Unconfigured("being snapshotted".into());
-            let plugin = Arc::new(self.unprobed(
-                spec,
-                instrumented,
-                config_json.to_owned(),
-                unconfigured,
-            )?);
+            let plugin =
+                Arc::new(self.prepare(spec, instrumented, config_json.to_owned(), unconfigured)?);
             let taken = snapshot::take(&plugin, file.bytes.clone())
                 .await
                 .map_err(|source| LoadError::Setup {
@@ -348,17 +352,17 @@ impl Runtime {
         Ok(outcome.await?.clone())
     }
 
-    /// A plugin of `spec` whose instances start from `component`, its phases not yet known.
-    fn unprobed(
+    /// What the instances of `spec`'s plugin are made from, starting from `component`.
+    fn prepare(
         &self,
         spec: &PluginSpec,
         component: &Component,
         config_json: String,
         image: StartImage,
-    ) -> Result<LoadedPlugin, LoadError> {
-        let link_error = |err: wasmtime::Error| LoadError::Link {
+    ) -> Result<PreparedPlugin, LoadError> {
+        let link_error = |source| LoadError::Link {
             path: spec.path.clone(),
-            reason: format!("{err:#}"),
+            source,
         };
         let instance_pre = self
             .inner
@@ -366,14 +370,11 @@ impl Runtime {
             .instantiate_pre(component)
             .map_err(link_error)?;
         let pre = bindings::PluginWorldPre::new(instance_pre).map_err(link_error)?;
-        Ok(LoadedPlugin {
+        Ok(PreparedPlugin {
             name: spec.name.as_str().into(),
-            path: spec.path.clone(),
             config_json,
             memory_limit: spec.memory_limit.min(MAX_MEMORY_LIMIT),
             time_limit: spec.time_limit,
-            fail_open: spec.fail_open,
-            phases: PhaseSet::EMPTY,
             image,
             pre,
             capacity: self.inner.capacity.clone(),

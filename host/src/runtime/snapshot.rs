@@ -14,7 +14,7 @@ use wasmtime::Store;
 use wasmtime::component::{Instance, Lift, WasmList};
 use wasmtime_wizer::ComponentInstanceState;
 
-use super::LoadedPlugin;
+use super::PreparedPlugin;
 use super::error::PluginError;
 use super::images;
 use super::instance::PluginInstance;
@@ -28,7 +28,7 @@ const STATE_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(30)
 /// of time or memory): the load fails. The inner one says why there is no snapshot: the plugin
 /// still loads, configuring every instance.
 pub(super) async fn take(
-    plugin: &Arc<LoadedPlugin>,
+    plugin: &Arc<PreparedPlugin>,
     component_bytes: Arc<[u8]>,
 ) -> Result<Result<Vec<u8>, String>, PluginError> {
     let (mut instance, raw) = PluginInstance::configured_for_snapshot(plugin).await?;

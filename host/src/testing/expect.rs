@@ -45,7 +45,7 @@ pub fn check_connection(expect: &ConnectionExpect, c: &ConnectionReport) -> Vec<
         ));
     }
     if let Some(wanted) = expect.client_chain {
-        let got = c.client_chain_pem.is_some();
+        let got = c.client_chain().is_some();
         out.push(outcome(
             format!("client_chain = {wanted}"),
             got == wanted,
@@ -53,7 +53,7 @@ pub fn check_connection(expect: &ConnectionExpect, c: &ConnectionReport) -> Vec<
         ));
     }
     if let Some(wanted) = &expect.client_verify {
-        let got = c.client_verify.as_ref().map(ToString::to_string);
+        let got = c.client_verify().map(ToString::to_string);
         out.push(check_verify(wanted, got.as_deref()));
     }
     check_calls_and_errors(

@@ -7,10 +7,11 @@
 //!
 //! # What a run does
 //!
-//! Per connection: the certificate phase (TLS connections only) decides the [`TlsPolicy`]; a
-//! fail-closed failure there aborts the handshake and the connection's requests do not run. Then
-//! the connection's chain and initial `client_verify` come from
-//! [`client_identity`](crate::tls::client_identity), exactly as in the acceptor. Per request:
+//! Per connection: the certificate phase (TLS connections only) decides the
+//! [`TlsPolicy`](crate::tls::TlsPolicy); a fail-closed failure there aborts the handshake and the
+//! connection's requests do not run. Then the connection's [`TlsFacts`](crate::tls::TlsFacts),
+//! its chain and initial `client_verify` included, come from
+//! [`TlsFacts::negotiated`](crate::tls::TlsFacts::negotiated), exactly as in the acceptor. Per request:
 //! rewrite, access (when a plugin answers with `response.exit`, that answer is the response and
 //! balancer and the upstream are skipped), balancer (attempt 1, proposing the first target), the
 //! simulated upstream response, header_filter, body_filter once per body chunk (the last flagged
@@ -107,8 +108,8 @@ mod scenario;
 use std::path::Path;
 
 pub use self::report::{
-    ClientResponse, ConnectionReport, Expectation, MAX_BODY_SHOWN, NegotiatedTls, Origin,
-    PluginSummary, RequestReport, ScenarioReport, UpstreamRequest,
+    ClientResponse, ConnectionReport, Expectation, MAX_BODY_SHOWN, Origin, PluginSummary,
+    RequestReport, ScenarioReport, UpstreamRequest,
 };
 pub use self::run::{Harness, HarnessError};
 pub use self::scenario::{

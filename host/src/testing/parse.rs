@@ -457,44 +457,49 @@ impl Checker<'_> {
 
     fn tls(&self, raw: &RawConnection, at: &str) -> Checked<TlsScenario> {
         let version = match &raw.tls_version {
-            Some(v) if ["TLSv1.2", "TLSv1.3"].contains(&v.get_ref().as_str()) => {
-                v.get_ref().clone()
-            }
-            Some(v) => {
-                return Err(self.error_at(
-                    v,
-                    &format!("{at}.tls_version"),
-                    format!(
-                        "expected \"TLSv1.2\" or \"TLSv1.3\", found \"{}\"",
-                        v.get_ref()
-                    ),
-                ));
-            }
-            None => DEFAULT_TLS_VERSION.to_owned(),
+            Some(v) => match ["TLSv1.2", "TLSv1.3"]
+                .into_iter()
+                .find(|known| v.get_ref() == known)
+            {
+                Some(known) => known,
+                None => {
+                    return Err(self.error_at(
+                        v,
+                        &format!("{at}.tls_version"),
+                        format!(
+                            "expected \"TLSv1.2\" or \"TLSv1.3\", found \"{}\"",
+                            v.get_ref()
+                        ),
+                    ));
+                }
+            },
+            None => DEFAULT_TLS_VERSION,
         };
         let cipher = match &raw.cipher {
             Some(c) => {
                 let tls13 = version == "TLSv1.3";
-                let known: Vec<&str> = rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES
+                let known: Vec<&'static str> = rustls::crypto::aws_lc_rs::ALL_CIPHER_SUITES
                     .iter()
                     .map(|s| cipher_name(s.suite()))
                     .filter(|name| name.starts_with("TLS_") == tls13)
                     .collect();
-                if !known.contains(&c.get_ref().as_str()) {
-                    return Err(self.error_at(
-                        c,
-                        &format!("{at}.cipher"),
-                        format!(
-                            "unknown {version} cipher \"{}\" (OpenSSL names: {})",
-                            c.get_ref(),
-                            known.join(", ")
-                        ),
-                    ));
+                match known.iter().copied().find(|name| c.get_ref() == name) {
+                    Some(name) => name,
+                    None => {
+                        return Err(self.error_at(
+                            c,
+                            &format!("{at}.cipher"),
+                            format!(
+                                "unknown {version} cipher \"{}\" (OpenSSL names: {})",
+                                c.get_ref(),
+                                known.join(", ")
+                            ),
+                        ));
+                    }
                 }
-                c.get_ref().clone()
             }
-            None if version == DEFAULT_TLS_VERSION => DEFAULT_CIPHER.to_owned(),
-            None => "ECDHE-RSA-AES128-GCM-SHA256".to_owned(),
+            None if version == DEFAULT_TLS_VERSION => DEFAULT_CIPHER,
+            None => "ECDHE-RSA-AES128-GCM-SHA256",
         };
         let client_chain = match &raw.client_chain {
             Some(path) => {

@@ -10,7 +10,7 @@ use tollgate_phases::{Phase, PhaseSet, Target};
 use crate::log::TlsLog;
 use crate::pipeline::TraceEntry;
 use crate::runtime::{HostCall, PluginError};
-use crate::tls::{ClientVerify, TlsPolicy, parse_certificates};
+use crate::tls::{ClientChain, ClientVerify, TlsFacts, TlsPolicy};
 
 /// Longest part of a response body the text report shows.
 pub const MAX_BODY_SHOWN: usize = 512;
@@ -44,8 +44,11 @@ pub struct ConnectionReport {
     pub sni: Option<String>,
     /// The client's address.
     pub client_addr: SocketAddr,
-    /// Version and cipher; `None` on plaintext.
-    pub tls: Option<NegotiatedTls>,
+    /// The connection's TLS facts as the request phases see them (the scenario's version and
+    /// cipher; the client's chain and `client_verify` before any override, as the acceptor
+    /// computes them); `None` on plaintext. After an aborted handshake they hold no chain, and
+    /// [`client_verify`](Self::client_verify) is `None`.
+    pub tls: Option<TlsFacts>,
     /// How many certificates the client would present if asked (0: none).
     pub presented_certificates: usize,
     /// The certificate phase's plugin calls (empty on plaintext).
@@ -56,10 +59,6 @@ pub struct ConnectionReport {
     pub handshake_error: Option<PluginError>,
     /// What the certificate phase decided (the default on plaintext or after an abort).
     pub policy: TlsPolicy,
-    /// The connection's chain as `get-full-client-certificate-chain` returns it.
-    pub client_chain_pem: Option<String>,
-    /// The connection's `client_verify` before any override; `None` on plaintext.
-    pub client_verify: Option<ClientVerify>,
     /// The requests, in order (empty when the handshake was aborted).
     pub requests: Vec<RequestReport>,
     /// The connection's checked expectations (header expectations by name), then one failure per
@@ -67,19 +66,23 @@ pub struct ConnectionReport {
     pub expectations: Vec<Expectation>,
 }
 
-/// The negotiated TLS parameters of a simulated connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NegotiatedTls {
-    /// `TLSv1.2` or `TLSv1.3`.
-    pub version: String,
-    /// OpenSSL's cipher name.
-    pub cipher: String,
-}
-
 impl ConnectionReport {
     /// Whether a plugin's failure aborted the handshake.
     pub fn aborted(&self) -> bool {
         self.handshake_error.is_some()
+    }
+
+    /// The client's chain, as the requests see it; `None` on plaintext, after an aborted
+    /// handshake, or when none was requested or sent.
+    pub fn client_chain(&self) -> Option<&ClientChain> {
+        self.tls.as_ref()?.client_chain.as_ref()
+    }
+
+    /// The connection's `client_verify` before any override; `None` on plaintext and after an
+    /// aborted handshake.
+    pub fn client_verify(&self) -> Option<&ClientVerify> {
+        let tls = self.tls.as_ref().filter(|_| !self.aborted())?;
+        Some(&tls.client_verify)
     }
 
     /// The acceptable CA names sent in the CertificateRequest, in order.
@@ -324,14 +327,10 @@ fn write_connection(
                     "on"
                 }
             )?;
-            writeln!(
-                f,
-                "  client chain: {}",
-                describe_chain(c.client_chain_pem.as_deref())
-            )?;
+            writeln!(f, "  client chain: {}", describe_chain(c.client_chain()))?;
         }
     }
-    if let Some(verify) = &c.client_verify {
+    if let Some(verify) = c.client_verify() {
         writeln!(f, "  client_verify: {verify}")?;
     }
     write_expectations(f, "  ", &c.expectations)?;
@@ -444,12 +443,12 @@ fn yes_no(value: bool) -> &'static str {
 }
 
 /// A chain's length and subjects, leaf first.
-fn describe_chain(pem: Option<&str>) -> String {
-    let Some(pem) = pem else {
+fn describe_chain(chain: Option<&ClientChain>) -> String {
+    let Some(chain) = chain else {
         return "none".to_owned();
     };
-    let subjects: Vec<String> = parse_certificates(pem)
-        .unwrap_or_default()
+    let subjects: Vec<String> = chain
+        .certificates()
         .iter()
         .map(|der| {
             x509_parser::parse_x509_certificate(der.as_ref())
@@ -461,7 +460,7 @@ fn describe_chain(pem: Option<&str>) -> String {
         "{} certificate{} ({} bytes of PEM): {}",
         subjects.len(),
         if subjects.len() == 1 { "" } else { "s" },
-        pem.len(),
+        chain.pem().len(),
         subjects
             .iter()
             .map(|s| format!("\"{s}\""))

@@ -9,19 +9,19 @@ use tollgate_phases::Target;
 
 use super::expect::{check_connection, check_request, not_run};
 use super::report::{
-    ClientResponse, ConnectionReport, NegotiatedTls, Origin, PluginSummary, RequestReport,
-    ScenarioReport, UpstreamRequest,
+    ClientResponse, ConnectionReport, Origin, PluginSummary, RequestReport, ScenarioReport,
+    UpstreamRequest,
 };
 use super::scenario::{
     ConnectionScenario, RequestScenario, Scenario, ScenarioError, default_target,
 };
-use crate::exchange::{ConnectionFacts, ExchangeState, RequestHead, ResponseHead, TlsSession};
+use crate::exchange::{ConnectionFacts, ExchangeState, RequestHead, ResponseHead};
 use crate::lifecycle::{self, BodyPiece, BoxError, LogDraft, RequestIo, UpstreamResponse};
 use crate::log::{LogEntry, RequestLog, TlsLog};
 use crate::pipeline::{Exchange, Recording, run_certificate_phase};
 use crate::proxy::upstream::UpstreamError;
 use crate::runtime::{LoadError, LoadedPlugin, Runtime, RuntimeError};
-use crate::tls::{ClientChain, TlsPolicy, client_identity};
+use crate::tls::{TlsFacts, TlsPolicy};
 
 /// Why a scenario could not be run at all (a failed expectation is not an error).
 #[derive(Debug, thiserror::Error)]
@@ -108,10 +108,7 @@ async fn run_connection(
     let mut report = ConnectionReport {
         sni: scenario.sni.clone(),
         client_addr: scenario.client_addr,
-        tls: scenario.tls.as_ref().map(|tls| NegotiatedTls {
-            version: tls.version.clone(),
-            cipher: tls.cipher.clone(),
-        }),
+        tls: None,
         presented_certificates: scenario
             .tls
             .as_ref()
@@ -121,13 +118,10 @@ async fn run_connection(
         plugin_errors: Vec::new(),
         handshake_error: None,
         policy: TlsPolicy::default(),
-        client_chain_pem: None,
-        client_verify: None,
         requests: Vec::new(),
         expectations: Vec::new(),
     };
     let mut context = Default::default();
-    let mut session = None;
     if let Some(tls) = &scenario.tls {
         match run_certificate_phase(
             chain,
@@ -149,25 +143,16 @@ async fn run_connection(
                 report.handshake_error = Some(err);
             }
         }
-        if !report.aborted() {
-            // Exactly what the acceptor does once the handshake is done.
-            let (chain_der, verify) = client_identity(
-                &report.policy,
-                tls.client_chain.as_deref(),
-                tls.client_ca.as_ref(),
-            );
-            // The same chain type as a gateway connection: the leaf's facts and verify results
-            // are computed natively, by the gateway's code, from the scenario's certificates.
-            let client_chain = chain_der.map(ClientChain::new);
-            report.client_chain_pem = client_chain.as_ref().map(|c| c.pem().to_owned());
-            report.client_verify = Some(verify.clone());
-            session = Some(TlsSession {
-                version: tls.version.clone(),
-                cipher: tls.cipher.clone(),
-                client_chain,
-                client_verify: verify,
-            });
-        }
+        // Exactly what the acceptor does once the handshake is done: the chain and its verify
+        // result are computed by the gateway's code from the scenario's certificates. After an
+        // abort the policy is the default one, which asks for no certificate.
+        report.tls = Some(TlsFacts::negotiated(
+            tls.version,
+            tls.cipher,
+            &report.policy,
+            tls.client_chain.as_deref(),
+            tls.client_ca.as_ref(),
+        ));
     }
     report.expectations = check_connection(&scenario.expect, &report);
     if report.aborted() {
@@ -189,7 +174,7 @@ async fn run_connection(
     let facts = Arc::new(ConnectionFacts {
         client_addr: scenario.client_addr,
         sni: scenario.sni.clone(),
-        tls: session,
+        tls: report.tls.clone(),
     });
     for request in &scenario.requests {
         let state = ExchangeState::new(facts.clone(), request_head(request), context.clone());

@@ -110,9 +110,9 @@ pub struct ConnectionScenario {
 #[derive(Debug, Clone)]
 pub struct TlsScenario {
     /// `TLSv1.2` or `TLSv1.3`.
-    pub version: String,
+    pub version: &'static str,
     /// OpenSSL's name of the cipher suite.
-    pub cipher: String,
+    pub cipher: &'static str,
     /// What the client presents when asked for a certificate (leaf first); `None` for nothing.
     pub client_chain: Option<Vec<CertificateDer<'static>>>,
     /// The listener's client CA bundle.

@@ -12,7 +12,7 @@ use crate::log::TlsLog;
 use crate::pipeline::TraceEntry;
 use crate::runtime::{HostCall, PluginError, PluginFault, Stage};
 use crate::tls::test_pki::Pki;
-use crate::tls::{ClientVerify, TlsPolicy, TrustAnchors};
+use crate::tls::{ClientChain, ClientVerify, TlsFacts, TlsPolicy, TrustAnchors};
 
 fn parse(text: &str) -> Result<Scenario, ScenarioError> {
     Scenario::parse(text, "/scenarios/demo.toml")
@@ -31,7 +31,7 @@ fn minimal_scenario_gets_the_defaults() {
     assert_eq!(connection.client_addr.to_string(), DEFAULT_CLIENT_ADDRESS);
     let tls = connection.tls.as_ref().unwrap();
     assert_eq!(
-        (tls.version.as_str(), tls.cipher.as_str()),
+        (tls.version, tls.cipher),
         (DEFAULT_TLS_VERSION, DEFAULT_CIPHER)
     );
     assert!(tls.client_chain.is_none() && tls.client_ca.is_none());
@@ -423,9 +423,12 @@ fn synthetic_report() -> ScenarioReport {
     let connection = ConnectionReport {
         sni: Some("api.example.com".into()),
         client_addr: "127.0.0.1:50000".parse().unwrap(),
-        tls: Some(NegotiatedTls {
-            version: "TLSv1.3".into(),
-            cipher: "TLS_AES_256_GCM_SHA384".into(),
+        tls: Some(TlsFacts {
+            version: "TLSv1.3",
+            cipher: "TLS_AES_256_GCM_SHA384",
+            alpn: None,
+            client_chain: Some(ClientChain::new(pki.client_chain())),
+            client_verify: ClientVerify::Success,
         }),
         presented_certificates: 2,
         certificate_trace: vec![TraceEntry {
@@ -445,8 +448,6 @@ fn synthetic_report() -> ScenarioReport {
             ca_certs: Some(anchors),
             disable_session_reuse: false,
         },
-        client_chain_pem: Some(crate::tls::encode_chain(&pki.client_chain())),
-        client_verify: Some(ClientVerify::Success),
         requests: vec![request],
         expectations: Vec::new(),
     };
@@ -637,7 +638,6 @@ fn report_shows_plaintext_exit_truncation_and_long_bodies() {
     let mut report = synthetic_report();
     let connection = &mut report.connections[0];
     connection.tls = None;
-    connection.client_verify = None;
     let request = &mut connection.requests[0];
     request.log_tls = None;
     request.upstream_request = None;

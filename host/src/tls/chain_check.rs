@@ -14,7 +14,7 @@ use rustls::{CertificateError, DistinguishedName, RootCertStore};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::certificate::X509Certificate;
 
-use super::pem::{PemError, parse_certificates};
+use super::pem::{PemError, parse_certificates, parse_x509};
 
 // OpenSSL's X509_verify_cert_error_string wording, as nginx puts it after `FAILED:`.
 const UNABLE_TO_GET_LOCAL_ISSUER: &str = "unable to get local issuer certificate";
@@ -69,14 +69,12 @@ impl TrustAnchors {
         let mut names = Vec::with_capacity(certs.len());
         let mut roots = RootCertStore::empty();
         for (index, cert) in certs.iter().enumerate() {
-            let invalid = |reason: String| PemError::InvalidCertificate { index, reason };
-            let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
-                .map_err(|e| invalid(e.to_string()))?;
+            let parsed = parse_x509(index, cert)?;
             subjects.push(parsed.subject().to_string());
             names.push(DistinguishedName::from(parsed.subject().as_raw().to_vec()));
             roots
                 .add(cert.clone())
-                .map_err(|e| invalid(e.to_string()))?;
+                .map_err(|source| PemError::UnusableTrustAnchor { index, source })?;
         }
         Ok(Self(Arc::new(Anchors {
             certs,

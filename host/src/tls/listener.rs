@@ -75,6 +75,9 @@ pub enum TlsError {
         /// rustls's reason.
         source: rustls::Error,
     },
+    /// A client CA bundle cannot verify client certificates (no usable anchor in it).
+    #[error("the client CA bundle cannot verify client certificates: {0}")]
+    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
     /// rustls refused a configuration.
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),

@@ -6,7 +6,11 @@
 //!   configs are built once per policy and reused because each one carries its own session cache
 //!   and ticket key, and building a config per connection would throw resumption away.
 //! - [`acceptor`]: reads the ClientHello, runs the certificate phase, finishes the handshake under
-//!   the listener's deadline and reports the [`TlsFacts`] the request phases and the log need.
+//!   the listener's deadline and reports the connection's [`TlsFacts`].
+//! - [`facts`]: [`TlsFacts`], the one shape of a connection's TLS facts (version, cipher, ALPN,
+//!   the client's chain, `client_verify`) that the request phases, the access log and the
+//!   offline harness's report read, and [`client_identity`], which the acceptor and the harness
+//!   both compute the chain and `client_verify` with.
 //! - `client_cert_request` (private): client certificates are *requested, never required*, and chain problems
 //!   never fail the handshake (only a bad CertificateVerify signature does); the chain is checked
 //!   afterwards by [`verify_client_chain`], which gives nginx/OpenSSL-style `client_verify` values.
@@ -19,6 +23,7 @@
 pub mod acceptor;
 pub mod chain_check;
 pub mod client_chain;
+pub mod facts;
 pub mod listener;
 pub mod names;
 pub mod pem;
@@ -34,9 +39,10 @@ use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
 
-pub use acceptor::{ClientHelloInfo, HandshakeError, TlsFacts, accept, client_identity};
+pub use acceptor::{ClientHelloInfo, HandshakeError, accept};
 pub use chain_check::{ClientVerify, InvalidClientVerify, TrustAnchors, verify_client_chain};
 pub use client_chain::ClientChain;
+pub use facts::{TlsFacts, client_identity};
 pub use listener::{ListenerTls, ServerCertificate, TlsError};
 pub use names::{cipher_name, protocol_name};
 pub use pem::{PemError, encode_chain, parse_certificates, parse_private_key};
@@ -44,22 +50,23 @@ pub use policy::TlsPolicy;
 pub use tickets::{TicketKeyError, TicketKeys};
 
 /// A server config that requires a client certificate chaining to `client_ca` (the admin
-/// listener's TLS).
+/// listener's TLS). A key that does not fit `chain` is [`TlsError::InvalidKey`] of index 0.
 pub fn mutual_tls_config(
     chain: Vec<rustls_pki_types::CertificateDer<'static>>,
     key: rustls_pki_types::PrivateKeyDer<'static>,
     client_ca: &TrustAnchors,
-) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         client_ca.root_store(),
         provider(),
     )
     .build()
-    .map_err(|err| rustls::Error::General(err.to_string()))?;
+    .map_err(TlsError::ClientVerifier)?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
+        .with_single_cert(chain, key)
+        .map_err(|source| TlsError::InvalidKey { index: 0, source })?;
     Ok(Arc::new(config))
 }
 

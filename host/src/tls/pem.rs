@@ -4,6 +4,7 @@
 //! (LF only, 64-column base64, no blank lines), so a client's bundle file comes back byte for byte.
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use x509_parser::error::X509Error;
 
 /// Why PEM text could not be turned into certificates or a key.
 #[derive(Debug, thiserror::Error)]
@@ -18,13 +19,37 @@ pub enum PemError {
     #[error("malformed PEM: {0}")]
     Malformed(#[source] std::io::Error),
     /// A block decoded but is not a usable X.509 certificate (`index` counts from 0).
-    #[error("certificate {index} is not a valid X.509 certificate: {reason}")]
+    #[error("certificate {index} is not a valid X.509 certificate: {source}")]
     InvalidCertificate {
         /// Position of the certificate in the input.
         index: usize,
-        /// What is wrong with it.
-        reason: String,
+        /// What the X.509 parser found wrong with it.
+        #[source]
+        source: X509Error,
     },
+    /// A CA certificate parses as X.509 but webpki cannot use it as a trust anchor (`index`
+    /// counts from 0).
+    #[error("certificate {index} cannot be a trust anchor: {source}")]
+    UnusableTrustAnchor {
+        /// Position of the certificate in the input.
+        index: usize,
+        /// Why rustls refused it.
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// Parses `der` as X.509; `index` is its position, for the error.
+pub(crate) fn parse_x509<'a>(
+    index: usize,
+    der: &'a CertificateDer<'_>,
+) -> Result<x509_parser::certificate::X509Certificate<'a>, PemError> {
+    x509_parser::parse_x509_certificate(der.as_ref())
+        .map(|(_, cert)| cert)
+        .map_err(|err| PemError::InvalidCertificate {
+            index,
+            source: X509Error::from(err),
+        })
 }
 
 /// Encodes certificates as PEM, in the given order: each one
@@ -49,12 +74,7 @@ pub fn parse_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, Pem
         return Err(PemError::NoCertificate);
     }
     for (index, cert) in certs.iter().enumerate() {
-        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| {
-            PemError::InvalidCertificate {
-                index,
-                reason: e.to_string(),
-            }
-        })?;
+        parse_x509(index, cert)?;
     }
     Ok(certs)
 }
@@ -116,6 +136,13 @@ mod tests {
         assert!(
             matches!(err, PemError::InvalidCertificate { index: 0, .. }),
             "{err}"
+        );
+        // The parser's error is kept as the source, and its text is the parser's own words.
+        let source = std::error::Error::source(&err).expect("a source");
+        assert!(source.is::<X509Error>(), "{source:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("certificate 0 is not a valid X.509 certificate: {source}")
         );
     }
 
