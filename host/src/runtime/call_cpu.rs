@@ -68,43 +68,44 @@ fn thread_tag() -> u64 {
 }
 
 /// The CPU time of the current call of one store.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct CallCpu {
     /// Used up to the last tick.
     used: Duration,
-    /// Where the call started or last resumed running: written by [`CallCpu::start`], by each
-    /// tick it runs on from, and by the end of each future it yields on (which is where it
-    /// resumes, on that future's thread), where the store is out of reach.
-    resumed: Arc<Mutex<Reading>>,
+    /// Whether the call has been found long-running.
+    long: bool,
+    /// Where the call started or last resumed running (none before the first call): written by
+    /// [`CallCpu::start`], by each tick it runs on from, and by the end of each future it yields
+    /// on (which is where it resumes, on that future's thread), where the store is out of reach.
+    resumed: Arc<Mutex<Option<Reading>>>,
 }
 
 impl CallCpu {
-    /// A meter whose call starts `at`.
-    pub fn new(at: Reading) -> CallCpu {
-        CallCpu {
-            used: Duration::ZERO,
-            resumed: Arc::new(Mutex::new(at)),
-        }
-    }
-
-    fn set_resumed(resumed: &Mutex<Reading>, at: Reading) -> Reading {
-        std::mem::replace(
-            &mut *resumed.lock().unwrap_or_else(PoisonError::into_inner),
-            at,
-        )
+    fn set_resumed(resumed: &Mutex<Option<Reading>>, at: Reading) -> Option<Reading> {
+        resumed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(at)
     }
 
     /// A call starts running `at`: nothing used yet.
     pub fn start(&mut self, at: Reading) {
         self.used = Duration::ZERO;
+        self.long = false;
         Self::set_resumed(&self.resumed, at);
+    }
+
+    /// The call is long-running; whether that is news.
+    pub fn found_long(&mut self) -> bool {
+        !std::mem::replace(&mut self.long, true)
     }
 
     /// At an epoch tick `at`, the call running: adds what it used since it last resumed (from
     /// here on it runs on, or it yields and a future marks where it resumes) and says the total.
     pub fn tick(&mut self, at: Reading) -> Duration {
-        let since = Self::set_resumed(&self.resumed, at);
-        self.used += since.used_until(at);
+        if let Some(since) = Self::set_resumed(&self.resumed, at) {
+            self.used += since.used_until(at);
+        }
         self.used
     }
 
@@ -131,10 +132,16 @@ mod tests {
         Reading { thread, cpu, wall }
     }
 
+    fn started(at: Reading) -> CallCpu {
+        let mut cpu = CallCpu::default();
+        cpu.start(at);
+        cpu
+    }
+
     #[test]
     fn a_descheduled_call_counts_only_the_cpu_it_used() {
         let start = Instant::now();
-        let mut cpu = CallCpu::new(reading(1, 40 * MS, start));
+        let mut cpu = started(reading(1, 40 * MS, start));
         // Ten microseconds of CPU, but the OS left it waiting for 5 ms before the tick.
         let used = cpu.tick(reading(
             1,
@@ -147,7 +154,7 @@ mod tests {
     #[test]
     fn a_loop_adds_up_across_ticks_and_threads() {
         let start = Instant::now();
-        let mut cpu = CallCpu::new(reading(1, 40 * MS, start));
+        let mut cpu = started(reading(1, 40 * MS, start));
         assert_eq!(cpu.tick(reading(1, 42 * MS, start + 2 * MS)), 2 * MS);
         // It yielded, waited 30 ms and resumed on thread 2, whose clock is elsewhere.
         CallCpu::set_resumed(&cpu.resumed, reading(2, 900 * MS, start + 32 * MS));
@@ -163,13 +170,13 @@ mod tests {
     #[test]
     fn a_resumption_no_future_saw_counts_the_wall_time() {
         let start = Instant::now();
-        let mut cpu = CallCpu::new(reading(1, 40 * MS, start));
+        let mut cpu = started(reading(1, 40 * MS, start));
         assert_eq!(cpu.tick(reading(3, 5 * MS, start + 3 * MS)), 3 * MS);
     }
 
     #[test]
     fn the_thread_clock_counts_a_spin_but_not_a_sleep() {
-        let mut cpu = CallCpu::new(Reading::now());
+        let mut cpu = started(Reading::now());
         std::thread::sleep(20 * MS);
         assert!(
             cpu.tick(Reading::now()) < 5 * MS,
@@ -188,7 +195,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_yield_marks_where_the_call_resumes() {
-        let mut cpu = CallCpu::new(Reading::now());
+        let mut cpu = started(Reading::now());
         // What its thread runs while the call waits (other tasks) is not the call's.
         cpu.resume_after(async {
             let others = Reading::now();

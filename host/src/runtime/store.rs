@@ -236,7 +236,7 @@ impl PluginStore {
             output,
             call_started: Instant::now(),
             time_limit,
-            cpu: CallCpu::new(Reading::now()),
+            cpu: CallCpu::default(),
             lane_turn: LaneTurn::default(),
             quarantine,
             wasi,
@@ -331,6 +331,15 @@ pub fn install_limits(store: &mut Store<PluginStore>) {
             let wait = data.cpu.resume_after(tokio::task::yield_now());
             UpdateDeadline::YieldCustom(1, Box::pin(wait))
         } else {
+            if data.cpu.found_long() {
+                tracing::debug!(
+                    plugin = %data.plugin,
+                    phase = data.phase.map_or("configure", Phase::name),
+                    cpu_us = used.as_micros(),
+                    wall_us = now.saturating_duration_since(data.call_started).as_micros(),
+                    "long-running plugin call: it runs in the slow lane"
+                );
+            }
             // Back here at once after the wait: with the lane it runs a tick (above); at its
             // deadline it traps without running on.
             let wait = data.cpu.resume_after(data.lane_turn.next(deadline));
