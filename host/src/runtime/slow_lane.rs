@@ -14,7 +14,7 @@
 //!
 //! A plugin phase whose call ran out of time is [quarantined](Quarantine) for [`QUARANTINE`]: its
 //! calls count as long-running after [`QUARANTINED_LONG_CALL`] of CPU instead of [`LONG_CALL`]. A
-//! plugin that loops on every request would otherwise run a tick or two at full speed on each
+//! plugin that loops on every request would otherwise run [`LONG_CALL`] at full speed on each
 //! before the lane catches it, which under load adds up to a good part of a core. The quarantine
 //! is per phase, and its grace stays above zero, so the plugin's short calls (its other phases)
 //! rarely wait for the lane.
@@ -32,7 +32,14 @@ use super::engine::EPOCH_TICK;
 /// How much CPU a call must have used before it counts as long-running. It is looked at on epoch
 /// ticks, which are process-wide, so a call meets its first one anywhere from 0 to one tick after
 /// it starts; the next one comes a full tick later.
-pub const LONG_CALL: Duration = Duration::from_millis(1);
+///
+/// Real calls take microseconds, but the thread's CPU clock also charges a call for what the
+/// kernel does on its thread meanwhile (the page faults of a fresh instance, network interrupts),
+/// and some healthy calls do real work (mtls-auth verifies a chain). In the soak on a loaded
+/// 2-core VM, healthy calls were charged up to 3.9 ms; at 1 ms, a few a minute went to the lane,
+/// queued behind the looping plugins and ran out of time. A looping plugin pays this grace once
+/// per call only until its first time-out quarantines it ([`QUARANTINED_LONG_CALL`]).
+pub const LONG_CALL: Duration = Duration::from_millis(10);
 
 /// [`LONG_CALL`] for a quarantined plugin: still many times what a real plugin call takes.
 pub const QUARANTINED_LONG_CALL: Duration = Duration::from_micros(250);
