@@ -19,6 +19,21 @@ use tollgate::runtime::Runtime;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for the serving process. mimalloc asks for them on its
+/// arenas, and with the kernel's default `khugepaged/max_ptes_none` (511) the pages it gives back
+/// are refilled when khugepaged collapses the range into a huge page again: in a 10-minute soak
+/// the allocator's arena held 84 MiB instead of 22 and the process's RSS was about twice what
+/// it is without them, drifting by up to 20% from minute to minute. A gateway that promises a
+/// memory budget needs an RSS that follows what it holds. The setting is per process (also
+/// covering the plugin pool on hosts that enable huge pages for everything) and inherited by
+/// children, so only `run` and `demo` set it.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(err) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::debug!(%err, "cannot turn transparent huge pages off");
+    }
+}
+
 /// A TLS-terminating HTTP gateway extended by sandboxed WebAssembly plugins.
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version)]
@@ -317,6 +332,9 @@ fn init_tracing() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    if matches!(cli.command, Command::Run { .. } | Command::Demo { .. }) {
+        disable_transparent_huge_pages();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -638,6 +638,76 @@ async fn under_a_1024_open_file_limit_an_idle_flood_is_capped_and_new_clients_se
     );
 }
 
+/// A reload fits its connection caps to the open-file limit as start-up does: a reloaded
+/// `max_connections` past what the descriptors hold is lowered (with the same warning), and the
+/// lowered cap is the one enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_past_the_open_file_limit_lowers_the_cap_to_fit() {
+    const OPEN_FILES: u64 = 256;
+    // 64 descriptors kept, two per connection.
+    const CAP: usize = 96;
+    const FLOOD: usize = 120;
+    rlimit::increase_nofile_limit(4096).expect("raise this test's open-file limit");
+    let gateway = Gateway::start_with_open_files(
+        &config("max_connections = 50", CATCH_ALL),
+        Some(OPEN_FILES),
+    )
+    .await;
+    let addr = gateway.addr();
+    let config_path = &gateway.tollgate.config;
+    let text = std::fs::read_to_string(config_path).expect("config");
+    let raised = text.replace("max_connections = 50", "max_connections = 1000");
+    assert_ne!(text, raised);
+    std::fs::write(config_path, raised).expect("config rewritten");
+    gateway.tollgate.signal("HUP");
+    assert!(
+        gateway
+            .tollgate
+            .wait_for_stderr(Duration::from_secs(30), |line| line.contains("reloaded")),
+        "no reload:\n{}",
+        gateway.tollgate.stderr().join("\n")
+    );
+    let stderr = gateway.tollgate.stderr().join("\n");
+    let lowered = stderr
+        .lines()
+        .filter(|line| line.contains("lowered the cap"));
+    assert_eq!(
+        lowered.clone().count(),
+        1,
+        "one warning, for the reload, not for the start:\n{stderr}"
+    );
+    assert!(
+        lowered
+            .clone()
+            .all(|line| line.contains(&format!("max_connections={CAP}"))
+                && line.contains("configured=1000")),
+        "{stderr}"
+    );
+
+    // Idle connections: the fitted cap (not 50, not 1000) stay open, the rest are closed at once.
+    let mut flood = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        flood.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let still_open = flood
+        .iter()
+        .filter(|tcp| {
+            let mut byte = [0u8; 1];
+            matches!(tcp.try_read(&mut byte), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
+        })
+        .count();
+    assert!(
+        (CAP - 8..=CAP).contains(&still_open),
+        "{still_open} of {FLOOD} stayed open (cap {CAP})"
+    );
+    let stderr = gateway.tollgate.stderr().join("\n");
+    assert!(
+        !stderr.contains("Too many open files"),
+        "the gateway ran out of descriptors:\n{stderr}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP/2 rapid reset
 // ---------------------------------------------------------------------------------------------

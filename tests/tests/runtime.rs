@@ -519,6 +519,37 @@ async fn infinite_loop_is_stopped_by_the_time_limit_and_named_a_timeout() {
     assert_eq!(fault.to_string(), "exceeded its time limit of 50ms");
 }
 
+/// A loop is long-running by the CPU it uses, so the slow lane paces it: over its whole time
+/// limit it gets a few epoch ticks of CPU, not the limit's worth. (A call the OS merely left
+/// waiting uses no CPU meanwhile and is not paced: the host's `call_cpu` tests.)
+#[tokio::test]
+async fn a_looping_call_is_paced_by_the_slow_lane_and_uses_a_fraction_of_its_limit_in_cpu() {
+    use rustix::time::{ClockId, clock_gettime};
+    let thread_cpu = || {
+        let now = clock_gettime(ClockId::ThreadCPUTime);
+        Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+    };
+    let limit = Duration::from_millis(400);
+    let mut spec = misbehave("paced-loop", "loop", false);
+    spec.time_limit = limit;
+    let looping = load_spec(spec).await;
+    let mut call = exchange(&[looping], plaintext_connection(), get("/", &[TRIGGER]));
+    call.rewrite().await.unwrap();
+    // A current-thread runtime: the call runs on this thread, whose CPU clock is read.
+    let (cpu, wall) = (thread_cpu(), std::time::Instant::now());
+    let err = call.access().await.unwrap_err();
+    let (cpu, wall) = (thread_cpu() - cpu, wall.elapsed());
+    eprintln!("a looping call used {cpu:?} of CPU in {wall:?}");
+    assert_eq!(err.fault, PluginFault::Timeout(limit));
+    assert!(wall >= limit, "ended before its limit: {wall:?}");
+    // Its first 10 ms or so at full speed, then a tick (2 ms) per tick + rest (40 ms): about
+    // 30 ms in 400 ms.
+    assert!(
+        cpu < limit / 4,
+        "a loop used {cpu:?} of CPU in {wall:?}: not paced by the slow lane"
+    );
+}
+
 #[tokio::test]
 async fn endless_memory_growth_is_stopped_by_the_memory_limit() {
     let fault = misbehaviour_is_contained("grow").await;

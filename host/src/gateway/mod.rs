@@ -12,6 +12,7 @@ mod capacity_report;
 mod chains;
 mod connection;
 pub mod demo;
+mod open_files;
 mod reload;
 mod request;
 mod watchdog;
@@ -115,6 +116,9 @@ pub struct Gateway {
     runtime: Runtime,
     /// The admin listener, when configured, and its TLS.
     admin: Option<(TcpListener, Option<Arc<rustls::ServerConfig>>)>,
+    /// The open-file limit the connection caps were fitted to, once
+    /// [`Gateway::raise_open_file_limit`] ran; reloads fit theirs too.
+    open_files: Option<u64>,
 }
 
 /// The problems found while preparing, each placed at its field in the config file.
@@ -459,6 +463,7 @@ impl Gateway {
             config: config.clone(),
             runtime: runtime.clone(),
             admin,
+            open_files: None,
         })
     }
 
@@ -484,37 +489,12 @@ impl Gateway {
     /// holds a descriptor, and one more upstream while its request is in flight). When even that
     /// is below what the listeners' `max_connections` may need, lowers their caps to fit, so a
     /// connection past it is refused at once and the rest are served, instead of every accept
-    /// failing for want of descriptors. Returns the new soft limit. Unix only; elsewhere it does
-    /// nothing.
+    /// failing for want of descriptors; every reload from then on fits its caps the same way.
+    /// Returns the new soft limit. Unix only; elsewhere it does nothing.
     pub fn raise_open_file_limit(&mut self) -> Option<u64> {
-        let limit = match rlimit::increase_nofile_limit(u64::MAX) {
-            Ok(limit) => limit,
-            Err(err) => {
-                tracing::warn!(%err, "cannot raise the open-file limit");
-                return None;
-            }
-        };
-        let mut caps: Vec<usize> = self
-            .listeners
-            .iter()
-            .map(|l| l.config.limits.max_connections)
-            .collect();
-        if fit_connection_caps(&mut caps, limit) {
-            for (listener, cap) in self.listeners.iter_mut().zip(caps) {
-                let limits = &mut listener.config.limits;
-                if cap < limits.max_connections {
-                    tracing::warn!(
-                        listener = %listener.config.name,
-                        open_files = limit,
-                        configured = limits.max_connections,
-                        max_connections = cap,
-                        "the open-file limit is below what max_connections needs; lowered the \
-                         cap to fit (raise the hard limit with ulimit -Hn or LimitNOFILE)"
-                    );
-                    limits.max_connections = cap;
-                }
-            }
-        } else {
+        let limit = open_files::raise()?;
+        self.open_files = Some(limit);
+        if !open_files::fit(self.listeners.iter_mut().map(|l| &mut l.config), limit) {
             tracing::info!(open_files = limit, "open-file limit");
         }
         Some(limit)
@@ -640,48 +620,4 @@ pub fn cancel_on_signal(token: CancellationToken) {
         tracing::info!("shutdown signal received");
         token.cancel();
     });
-}
-
-/// Descriptors kept for everything that is not a client connection: listeners, the log file,
-/// plugin files, the epoch ticker, stdio.
-const RESERVED_FILES: u64 = 64;
-
-/// Lowers `caps` (connections per listener) in proportion so that two descriptors per connection
-/// (client and upstream) and [`RESERVED_FILES`] fit `open_files`; each listener keeps at least
-/// one. Returns whether it lowered any.
-fn fit_connection_caps(caps: &mut [usize], open_files: u64) -> bool {
-    let wanted: u64 = caps.iter().map(|&cap| cap as u64).sum();
-    let room = open_files.saturating_sub(RESERVED_FILES) / 2;
-    if wanted <= room {
-        return false;
-    }
-    for cap in caps.iter_mut() {
-        let share = (*cap as u64).saturating_mul(room) / wanted.max(1);
-        *cap = usize::try_from(share).unwrap_or(usize::MAX).max(1);
-    }
-    true
-}
-
-#[cfg(test)]
-mod open_file_tests {
-    use super::fit_connection_caps;
-
-    #[test]
-    fn caps_that_fit_the_open_file_limit_are_kept() {
-        let mut caps = [4096, 100];
-        assert!(!fit_connection_caps(&mut caps, 1 << 20));
-        assert_eq!(caps, [4096, 100]);
-    }
-
-    #[test]
-    fn caps_past_the_open_file_limit_are_lowered_in_proportion() {
-        // 1024 descriptors: 64 reserved, two per connection: 480 connections in all.
-        let mut caps = [4096, 4096];
-        assert!(fit_connection_caps(&mut caps, 1024));
-        assert_eq!(caps, [240, 240]);
-        let mut caps = [3000, 1000, 1];
-        assert!(fit_connection_caps(&mut caps, 1024));
-        assert_eq!(caps, [359, 119, 1]);
-        assert!(caps.iter().sum::<usize>() <= 480);
-    }
 }

@@ -20,7 +20,9 @@ use tokio_util::task::TaskTracker;
 
 use super::admin::{self, Admin, Health, Phase};
 use super::connection::{ListenerShared, accept_loop};
-use super::{BoundListener, ConfigVersion, Gateway, GatewayError, Problems, Shared, bind};
+use super::{
+    BoundListener, ConfigVersion, Gateway, GatewayError, Problems, Shared, bind, open_files,
+};
 use crate::config::{Config, ListenerConfig};
 use crate::log::AccessLog;
 use crate::metrics;
@@ -117,6 +119,9 @@ pub(super) struct Serving {
     retired_logs: Vec<AccessLog>,
     shutdown: CancellationToken,
     reloads: Option<ReloadRequests>,
+    /// The open-file limit that start-up fitted the connection caps to, if it did: each reload
+    /// fits its own the same way.
+    open_files: Option<u64>,
 }
 
 impl Serving {
@@ -138,6 +143,7 @@ impl Serving {
             shutdown,
             reloads,
             config: gateway.config,
+            open_files: gateway.open_files,
         };
         for listener in gateway.listeners {
             let running = serving.start_listener(listener);
@@ -317,6 +323,16 @@ impl Serving {
             _ => return Err(problems.into_error()),
         };
         self.warn_restart_only(&config);
+        if let Some(previous) = self.open_files {
+            // Raised again: the hard limit may have been raised on the running process.
+            let limit = open_files::raise().unwrap_or(previous);
+            self.open_files = Some(limit);
+            let listeners = kept.iter_mut().map(|(_, listener, _)| listener);
+            open_files::fit(
+                listeners.chain(opened.iter_mut().map(|bound| &mut bound.config)),
+                limit,
+            );
+        }
 
         // From here on nothing fails: the new generation goes live.
         if config.access_log != self.config.access_log {

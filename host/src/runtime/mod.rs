@@ -12,6 +12,7 @@
 //! ```
 
 mod bindings;
+mod call_cpu;
 mod capacity;
 pub mod engine;
 mod error;

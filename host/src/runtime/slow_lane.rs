@@ -1,22 +1,25 @@
 //! Long-running plugin calls share one slow lane, so a plugin that loops cannot take the CPU from
 //! healthy requests.
 //!
-//! Real plugin calls take microseconds. A call still running at an epoch tick at least
-//! [`LONG_CALL`] after it started is treated as long-running: from then on it runs one tick at a time while holding the process's single
-//! lane, and after each tick it rests [`REST`] still holding it. All long-running calls together
-//! therefore get at most one tick of one core per tick + [`REST`] (about 5% of a core), however
-//! many there are. Their time limits still run in wall time: waiting for the lane ends at the
-//! call's deadline, and the next tick traps it.
+//! Real plugin calls take microseconds of CPU. A call that, at an epoch tick, has used at least
+//! [`LONG_CALL`] of CPU (its own, as its thread's CPU clock counts it: see
+//! [`call_cpu`](super::call_cpu)) is treated as long-running: from then on it runs one tick at a
+//! time while holding the process's single lane, and after each tick it rests [`REST`] still
+//! holding it. All long-running calls together therefore get at most one tick of one core per
+//! tick + [`REST`] (about 5% of a core), however many there are. CPU time, not wall time, decides
+//! it: on a busy machine the OS may leave a healthy call waiting for a core past [`LONG_CALL`],
+//! and sending it to the lane then would queue it behind looping plugins and past its own time
+//! limit. Time limits still run in wall time: waiting for the lane ends at the call's deadline,
+//! and the next tick traps it.
 //!
 //! A plugin phase whose call ran out of time is [quarantined](Quarantine) for [`QUARANTINE`]: its
-//! calls count as long-running after [`QUARANTINED_LONG_CALL`] instead of [`LONG_CALL`]. A plugin
-//! that loops on every request would otherwise run a tick or two at full speed on each before the
-//! lane catches it, which under load adds up to a good part of a core. The quarantine is per
-//! phase, and its grace stays above zero, so the plugin's short calls (its other phases, or a
-//! call that a busy machine merely descheduled) rarely wait for the lane.
+//! calls count as long-running after [`QUARANTINED_LONG_CALL`] of CPU instead of [`LONG_CALL`]. A
+//! plugin that loops on every request would otherwise run [`LONG_CALL`] at full speed on each
+//! before the lane catches it, which under load adds up to a good part of a core. The quarantine
+//! is per phase, and its grace stays above zero, so the plugin's short calls (its other phases)
+//! rarely wait for the lane.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -26,10 +29,17 @@ use tollgate_phases::Phase;
 
 use super::engine::EPOCH_TICK;
 
-/// How long a call must have been running before it counts as long-running. Epoch ticks are
-/// process-wide, so a call meets its first one anywhere from 0 to one tick after it starts; the
-/// next one comes a full tick later.
-pub const LONG_CALL: Duration = Duration::from_millis(1);
+/// How much CPU a call must have used before it counts as long-running. It is looked at on epoch
+/// ticks, which are process-wide, so a call meets its first one anywhere from 0 to one tick after
+/// it starts; the next one comes a full tick later.
+///
+/// Real calls take microseconds, but the thread's CPU clock also charges a call for what the
+/// kernel does on its thread meanwhile (the page faults of a fresh instance, network interrupts),
+/// and some healthy calls do real work (mtls-auth verifies a chain). In the soak on a loaded
+/// 2-core VM, healthy calls were charged up to 3.9 ms; at 1 ms, a few a minute went to the lane,
+/// queued behind the looping plugins and ran out of time. A looping plugin pays this grace once
+/// per call only until its first time-out quarantines it ([`QUARANTINED_LONG_CALL`]).
+pub const LONG_CALL: Duration = Duration::from_millis(10);
 
 /// [`LONG_CALL`] for a quarantined plugin: still many times what a real plugin call takes.
 pub const QUARANTINED_LONG_CALL: Duration = Duration::from_micros(250);
@@ -66,7 +76,7 @@ impl Quarantine {
         since_process_start(now) < self.slot(phase).load(Ordering::Relaxed)
     }
 
-    /// How long a call in `phase` that started at `started` runs before it counts as
+    /// How much CPU a call in `phase` that started at `started` uses before it counts as
     /// long-running.
     pub fn long_call(&self, phase: Option<Phase>, started: Instant) -> Duration {
         if self.holds(phase, started) {
@@ -117,9 +127,9 @@ impl LaneTurn {
 
     /// What a long-running call awaits at an epoch tick before it runs its next one: the rest,
     /// if it held the lane, then the lane again, or its deadline, whichever comes first.
-    pub fn next(&self, deadline: Instant) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    pub fn next(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static {
         let lane_turn = self.clone();
-        Box::pin(async move {
+        async move {
             let held = lane_turn.turn().permit.take();
             if let Some(permit) = held {
                 // Never rest past the deadline: the call must be trapped on time.
@@ -134,7 +144,7 @@ impl LaneTurn {
                     fresh: true,
                 };
             }
-        })
+        }
     }
 
     #[cfg(test)]

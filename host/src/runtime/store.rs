@@ -11,6 +11,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::call_cpu::{CallCpu, Reading};
 use super::capacity::Capacity;
 use super::engine::{MAX_TABLE_ELEMENTS, TABLE_ELEMENT_BYTES};
 use super::output::{OutputBudget, PluginOutput};
@@ -198,6 +199,8 @@ pub struct PluginStore {
     /// When the current call started, and how long it may run; the epoch callback ends it then.
     pub(super) call_started: Instant,
     pub(super) time_limit: Duration,
+    /// The CPU time the current call has used: what makes it long-running.
+    cpu: CallCpu,
     /// The call's hold on the slow lane, once it runs long.
     pub(super) lane_turn: LaneTurn,
     /// The plugin's quarantine, shared by its instances: started when a call runs out of time.
@@ -246,6 +249,7 @@ impl PluginStore {
             output,
             call_started: Instant::now(),
             time_limit,
+            cpu: CallCpu::default(),
             lane_turn: LaneTurn::default(),
             quarantine,
             wasi,
@@ -317,37 +321,52 @@ impl WasiView for PluginStore {
 
 /// Wires the memory cap into `store`, and the time limit: the epoch ticks every
 /// [`EPOCH_TICK`](super::engine::EPOCH_TICK); at each tick a running call yields to the async
-/// scheduler (so a long call never holds a worker thread) and takes its turn in the
-/// [slow lane](super::slow_lane) until its time is up, then traps. A call that runs out of time
-/// quarantines its plugin.
+/// scheduler (so a long call never holds a worker thread), and once it has used more CPU than a
+/// real plugin call takes it runs in the [slow lane](super::slow_lane) until its time (wall
+/// time) is up, then traps. A call that runs out of time quarantines its plugin.
 pub fn install_limits(store: &mut Store<PluginStore>) {
     store.limiter(|data| &mut data.memory);
-    store.epoch_deadline_callback(|store| {
-        let data = store.data();
+    store.epoch_deadline_callback(|mut store| {
+        let data = store.data_mut();
+        let at = Reading::now();
+        let now = at.wall();
         let deadline = data.call_started + data.time_limit;
-        let now = Instant::now();
+        let used = data.cpu.tick(at);
         Ok(if now >= deadline {
             data.quarantine.start(data.phase, now);
             UpdateDeadline::Interrupt
         } else if data.lane_turn.take_fresh() {
             // It has just been given the lane: it runs one tick.
             UpdateDeadline::Continue(1)
-        } else if now < data.call_started + data.quarantine.long_call(data.phase, data.call_started)
-        {
-            // Ticks are process-wide: a short call may meet one moments after it started.
-            UpdateDeadline::Yield(1)
+        } else if used < data.quarantine.long_call(data.phase, data.call_started) {
+            // Ticks are process-wide: a short call may meet one moments after it started, or
+            // after the OS let it wait; neither is CPU it used.
+            let wait = data.cpu.resume_after(tokio::task::yield_now());
+            UpdateDeadline::YieldCustom(1, Box::pin(wait))
         } else {
+            if data.cpu.found_long() {
+                tracing::debug!(
+                    plugin = %data.plugin,
+                    phase = data.phase.map_or("configure", Phase::name),
+                    cpu_us = used.as_micros(),
+                    wall_us = now.saturating_duration_since(data.call_started).as_micros(),
+                    "long-running plugin call: it runs in the slow lane"
+                );
+            }
             // Back here at once after the wait: with the lane it runs a tick (above); at its
             // deadline it traps without running on.
-            UpdateDeadline::YieldCustom(0, data.lane_turn.next(deadline))
+            let wait = data.cpu.resume_after(data.lane_turn.next(deadline));
+            UpdateDeadline::YieldCustom(0, Box::pin(wait))
         })
     });
 }
 
-/// Starts the clock and the output allowance of a call.
+/// Starts the clocks and the output allowance of a call.
 pub fn begin_call(store: &mut Store<PluginStore>) {
     let data = store.data_mut();
-    data.call_started = Instant::now();
+    let at = Reading::now();
+    data.call_started = at.wall();
+    data.cpu.start(at);
     data.lane_turn.release();
     data.output.refill();
     store.set_epoch_deadline(1);
