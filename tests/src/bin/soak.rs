@@ -492,6 +492,8 @@ config = {{ mode = "loop" }}
     let bad_url = format!("{base}/bad");
     let (mut solo, mut beside) = (Vec::new(), Vec::new());
     let mut slowest_loop: f64 = 0.0;
+    // Each run's 99th and 99.9th percentile of the looping route's answer times.
+    let mut loop_tails = Vec::new();
     let mut loop_statuses: BTreeMap<String, u64> = BTreeMap::new();
     for run in 1..=runs {
         let alone = parse(
@@ -508,6 +510,12 @@ config = {{ mode = "loop" }}
         let looping = looping.wait_with_output().expect("oha");
         let json: Value = serde_json::from_slice(&looping.stdout).unwrap_or_default();
         slowest_loop = slowest_loop.max(json["summary"]["slowest"].as_f64().unwrap_or(0.0));
+        let percentile = |p: &str| json["latencyPercentiles"][p].as_f64().unwrap_or(0.0) * 1000.0;
+        loop_tails.push(format!(
+            "{:.0}/{:.0}",
+            percentile("p99"),
+            percentile("p99.9")
+        ));
         for (status, count) in parse(looping).statuses {
             *loop_statuses.entry(status).or_default() += count;
         }
@@ -526,8 +534,10 @@ config = {{ mode = "loop" }}
         beside / solo
     );
     println!(
-        "looping route: statuses {loop_statuses:?}, slowest answer {:.0} ms (time_limit 100 ms)",
-        slowest_loop * 1000.0
+        "looping route: statuses {loop_statuses:?}, slowest answer {:.0} ms (time_limit 100 ms); \
+         p99/p99.9 per run (ms): {}",
+        slowest_loop * 1000.0,
+        loop_tails.join(", ")
     );
 }
 
