@@ -35,6 +35,19 @@ pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
 
+/// The built-in echo upstream on a loopback port of its own, served until the test ends.
+pub async fn echo_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind echo");
+    let addr = listener.local_addr().expect("echo address");
+    tokio::spawn(tollgate::proxy::echo::serve_echo(
+        listener,
+        std::future::pending(),
+    ));
+    addr
+}
+
 /// The workspace root (`/work/main` in this checkout).
 pub fn workspace_dir() -> &'static std::path::Path {
     std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))

@@ -10,20 +10,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 use tollgate_tests::binary::Tollgate;
 use tollgate_tests::clients::{curl, parse_response, plain_get};
+use tollgate_tests::echo_upstream;
 use tollgate_tests::{TestPki, guests};
-
-async fn echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-    let addr = listener.local_addr().expect("echo address");
-    tokio::spawn(tollgate::proxy::echo::serve_echo(
-        listener,
-        std::future::pending(),
-    ));
-    addr
-}
 
 /// An unused local port: bound, then released.
 fn closed_port() -> SocketAddr {
@@ -218,7 +208,7 @@ fn value(samples: &[Sample], name: &str, wanted: &[(&str, &str)]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_reload_and_metrics_after_known_traffic() {
-    let echo = echo().await;
+    let echo = echo_upstream().await;
     let down = closed_port();
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path();
@@ -448,7 +438,7 @@ async fn status_reload_and_metrics_after_known_traffic() {
 /// without a certificate.
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_over_tls_requires_a_client_certificate() {
-    let echo = echo().await;
+    let echo = echo_upstream().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path();
     std::fs::create_dir(path.join("pki")).expect("pki dir");

@@ -11,20 +11,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tollgate_tests::binary::Tollgate;
 use tollgate_tests::clients::{http_get, s_client, s_client_session};
+use tollgate_tests::echo_upstream;
 use tollgate_tests::{PkiFiles, TestPki, guests};
-
-async fn echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-    let addr = listener.local_addr().expect("echo address");
-    tokio::spawn(tollgate::proxy::echo::serve_echo(
-        listener,
-        std::future::pending(),
-    ));
-    addr
-}
 
 /// A replica: a TLS listener with the shared `keys` files and the PKI's client CA, a global
 /// plugin that requests a client certificate and copies the chain to `x-chain`.
@@ -159,7 +149,7 @@ fn wait_reloads(replicas: &[Tollgate], count: usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_sharing_ticket_keys_resume_each_others_sessions_across_rotation() {
-    let echo = echo().await;
+    let echo = echo_upstream().await;
     let shared = tempfile::tempdir().expect("temp dir");
     let pki_dir = shared.path().join("pki");
     std::fs::create_dir(&pki_dir).unwrap();

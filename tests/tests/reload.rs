@@ -11,23 +11,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tollgate_tests::binary::{Tollgate, tollgate_binary};
 use tollgate_tests::clients::{plain_get, s_client};
+use tollgate_tests::echo_upstream;
 use tollgate_tests::{TestPki, guests};
 
 /// How oha reports the requests it cancels itself when its `-z` duration ends.
 const OHA_CUTOFF: &str = "aborted due to deadline";
-
-async fn echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-    let addr = listener.local_addr().expect("echo address");
-    tokio::spawn(tollgate::proxy::echo::serve_echo(
-        listener,
-        std::future::pending(),
-    ));
-    addr
-}
 
 /// Generation `generation` of the config: route `/gen<generation>`, plugin `gen` stamping
 /// `x-gen: <generation>`, the swapped plugin file, and with `extra` a third listener.
@@ -185,7 +175,7 @@ async fn served_certificate(addr: SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reloads_under_load_drop_nothing_and_switch_behaviour() {
-    let echo = echo().await;
+    let echo = echo_upstream().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path();
     std::fs::create_dir(path.join("pki")).expect("pki dir");

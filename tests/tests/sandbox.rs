@@ -11,22 +11,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
 use tollgate_tests::binary::Tollgate;
 use tollgate_tests::clients::{Reply, plain_get};
+use tollgate_tests::echo_upstream;
 use tollgate_tests::guests;
 
 /// Starts the echo upstream on this test's runtime.
-async fn echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-    let addr = listener.local_addr().expect("echo address");
-    tokio::spawn(tollgate::proxy::echo::serve_echo(
-        listener,
-        std::future::pending(),
-    ));
-    addr
-}
-
 /// A plain listener, the echo service, a healthy catch-all route and a `/bad` route guarded by
 /// the misbehaving guest in `mode`, with `extra` lines for that plugin and `head` before it all.
 fn config(echo: SocketAddr, head: &str, mode: &str, extra: &str) -> String {
@@ -78,7 +68,7 @@ async fn serial(addr: SocketAddr, path: &'static str, count: usize) -> Vec<u16> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_looping_plugin_fails_each_of_its_requests_at_its_time_limit_while_other_routes_serve() {
-    let echo = echo().await;
+    let echo = echo_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let gateway = Tollgate::run(
         dir.path(),
@@ -134,7 +124,7 @@ async fn a_looping_plugin_fails_each_of_its_requests_at_its_time_limit_while_oth
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_0_within_the_drain_time_while_a_plugin_loops() {
-    let echo = echo().await;
+    let echo = echo_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let mut gateway = Tollgate::run(dir.path(), &config(echo, "", "loop", "time_limit = \"3s\""));
     let addr = gateway.addr("http");
@@ -164,7 +154,7 @@ async fn sigterm_exits_0_within_the_drain_time_while_a_plugin_loops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_hogs_are_stopped_and_the_process_stays_under_the_plugin_memory_budget() {
     const BUDGET: u64 = 192 << 20;
-    let echo = echo().await;
+    let echo = echo_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let gateway = Tollgate::run(
         dir.path(),
@@ -227,7 +217,7 @@ async fn memory_hogs_are_stopped_and_the_process_stays_under_the_plugin_memory_b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_flooding_its_output_is_capped_per_call_and_cannot_forge_log_lines() {
-    let echo = echo().await;
+    let echo = echo_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let gateway = Tollgate::run(
         dir.path(),
@@ -276,7 +266,7 @@ async fn a_plugin_flooding_its_output_is_capped_per_call_and_cannot_forge_log_li
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_setting_thirty_thousand_headers_is_refused_and_nothing_panics() {
-    let echo = echo().await;
+    let echo = echo_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let gateway = Tollgate::run(
         dir.path(),
@@ -302,7 +292,7 @@ async fn a_plugin_setting_thirty_thousand_headers_is_refused_and_nothing_panics(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn out_of_instance_slots_a_request_gets_503_with_retry_after_and_fail_open_is_not_skipped() {
-    let echo = echo().await;
+    let echo = echo_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     // Two slots: two looping requests hold both for up to 2 s each.
     let extra = format!(
@@ -364,7 +354,7 @@ async fn replies(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_never_reads_what_an_earlier_request_wrote_into_plugin_memory() {
-    let echo = echo().await;
+    let echo = echo_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     // The same guest twice: once snapshotted after configure, once (it prints at configure, so
     // a WASI stream stays open) configuring every instance. Each request checks its memory is
