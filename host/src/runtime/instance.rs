@@ -12,7 +12,8 @@ use super::bindings::{self, WitPhase};
 use super::capacity::InstanceSlot;
 use super::error::{PluginError, PluginFault, Stage};
 use super::store::{
-    HostCall, InstanceMemory, Lending, MemoryRefusal, PluginStore, begin_call, install_limits,
+    HostCall, InstanceMemory, Lending, MemoryRefusal, PluginStore, begin_call, end_call,
+    install_limits,
 };
 use crate::exchange::{ExchangeState, HandshakeState};
 
@@ -224,11 +225,10 @@ impl PluginInstance {
         outcome.map_err(|fault| self.plugin.error(Stage::Phase(phase), fault))
     }
 
-    /// Ends a call: gives the slow lane back and says, rate-limited, when the call wrote more
-    /// output than it may.
+    /// Ends a call (see [`end_call`]) and says, rate-limited, when the call wrote more output
+    /// than it may.
     fn end_call(&mut self, phase: Option<Phase>) {
-        // A call that ran long held the slow lane: others may have it now.
-        self.store.data().lane_turn.release();
+        end_call(&mut self.store);
         let dropped = self.store.data().output.take_dropped();
         if dropped > 0 {
             let phase = phase.map_or("configure", Phase::name);

@@ -40,6 +40,7 @@ pub use self::error::{ComponentizeError, LoadError, PluginError, PluginFault, St
 pub use self::host_api::NOT_TLS;
 pub use self::instance::{PhaseCall, PluginInstance};
 pub use self::loader::{WasmKind, componentize, wasm_kind};
+pub use self::slow_lane::STRAIGHT_TO_LANE_AFTER;
 pub use self::store::HostCall;
 use self::store::PluginStore;
 

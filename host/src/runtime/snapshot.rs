@@ -18,7 +18,7 @@ use super::PreparedPlugin;
 use super::error::PluginError;
 use super::images;
 use super::instance::PluginInstance;
-use super::store::{PluginStore, begin_call};
+use super::store::{PluginStore, begin_call, end_call};
 
 /// The deadline for reading a configured instance's state out.
 const STATE_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -72,7 +72,7 @@ async fn snapshot(
         failure: None,
     };
     let snapshot = wizer.snapshot_component(&context, &mut state).await;
-    state.store.data().lane_turn.release();
+    end_call(state.store);
     match (state.failure, snapshot) {
         (Some(failure), _) => Err(format!("reading its state failed: {failure}")),
         (None, Err(err)) => Err(format!("wizer cannot snapshot it: {err:#}")),

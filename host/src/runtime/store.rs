@@ -201,10 +201,14 @@ pub struct PluginStore {
     pub(super) time_limit: Duration,
     /// The CPU time the current call has used: what makes it long-running.
     cpu: CallCpu,
+    /// How much CPU time makes the current call long-running (see [`Quarantine::long_call`]).
+    long_call: Duration,
     /// The call's hold on the slow lane, once it runs long.
-    pub(super) lane_turn: LaneTurn,
+    lane_turn: LaneTurn,
     /// The plugin's quarantine, shared by its instances: started when a call runs out of time.
     quarantine: Arc<Quarantine>,
+    /// Whether the current call ran out of time.
+    ran_out_of_time: bool,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -250,8 +254,10 @@ impl PluginStore {
             call_started: Instant::now(),
             time_limit,
             cpu: CallCpu::default(),
+            long_call: super::slow_lane::LONG_CALL,
             lane_turn: LaneTurn::default(),
             quarantine,
+            ran_out_of_time: false,
             wasi,
             table: ResourceTable::new(),
         }
@@ -333,12 +339,13 @@ pub fn install_limits(store: &mut Store<PluginStore>) {
         let deadline = data.call_started + data.time_limit;
         let used = data.cpu.tick(at);
         Ok(if now >= deadline {
-            data.quarantine.start(data.phase, now);
+            data.ran_out_of_time = true;
+            data.quarantine.timed_out(data.phase, now);
             UpdateDeadline::Interrupt
         } else if data.lane_turn.take_fresh() {
             // It has just been given the lane: it runs one tick.
             UpdateDeadline::Continue(1)
-        } else if used < data.quarantine.long_call(data.phase, data.call_started) {
+        } else if used < data.long_call {
             // Ticks are process-wide: a short call may meet one moments after it started, or
             // after the OS let it wait; neither is CPU it used.
             let wait = data.cpu.resume_after(tokio::task::yield_now());
@@ -361,13 +368,28 @@ pub fn install_limits(store: &mut Store<PluginStore>) {
     });
 }
 
-/// Starts the clocks and the output allowance of a call.
+/// Starts the clocks and the output allowance of a call. A call whose phase's last calls all ran
+/// out of time meets the epoch callback before it runs anything, and waits there for the lane.
 pub fn begin_call(store: &mut Store<PluginStore>) {
     let data = store.data_mut();
     let at = Reading::now();
     data.call_started = at.wall();
     data.cpu.start(at);
     data.lane_turn.release();
+    data.ran_out_of_time = false;
+    data.long_call = data.quarantine.long_call(data.phase, data.call_started);
     data.output.refill();
-    store.set_epoch_deadline(1);
+    let first_tick = if data.long_call.is_zero() { 0 } else { 1 };
+    store.set_epoch_deadline(first_tick);
+}
+
+/// Ends a call: gives the slow lane back, and tells the quarantine whether the call ran out of
+/// time.
+pub fn end_call(store: &mut Store<PluginStore>) {
+    let data = store.data_mut();
+    // A call that ran long held the slow lane: others may have it now.
+    data.lane_turn.release();
+    if !data.ran_out_of_time {
+        data.quarantine.ended_in_time(data.phase);
+    }
 }
