@@ -255,11 +255,22 @@ impl Tollgate {
 
     /// The resident set size of the process, in bytes (from `/proc`).
     pub fn rss_bytes(&self) -> u64 {
+        self.status_bytes("VmRSS:")
+    }
+
+    /// The anonymous part of the resident set: the memory the process allocated (plugin
+    /// memories among it), without the binary's code and other file pages, which page in as
+    /// code paths first run and do not grow with what plugins hold.
+    pub fn anon_rss_bytes(&self) -> u64 {
+        self.status_bytes("RssAnon:")
+    }
+
+    fn status_bytes(&self, key: &str) -> u64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix(key))
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|kib| kib.parse::<u64>().ok())
             .map_or(0, |kib| kib * 1024)

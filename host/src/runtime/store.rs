@@ -372,9 +372,8 @@ pub fn install_limits(store: &mut Store<PluginStore>) {
 /// out of time meets the epoch callback before it runs anything, and waits there for the lane.
 pub fn begin_call(store: &mut Store<PluginStore>) {
     let data = store.data_mut();
-    let at = Reading::now();
-    data.call_started = at.wall();
-    data.cpu.start(at);
+    data.call_started = Instant::now();
+    data.cpu.start(data.call_started);
     data.lane_turn.release();
     data.ran_out_of_time = false;
     data.long_call = data.quarantine.long_call(data.phase, data.call_started);
