@@ -10,9 +10,8 @@ use wasmtime::{
 /// honoured to within one tick. A call not yet found long-running runs on at full speed until
 /// its next tick, and a looping client sends its next request right after the last one timed
 /// out on a tick, so a quarantined looping call runs about a tick before the slow lane holds it:
-/// halving the tick from 2 ms halved that. The ticker's thousand wake-ups a second cost about 1%
-/// of a core (an idle gateway on a 2-core VM), and a call of tens of microseconds rarely meets a
-/// tick.
+/// halving the tick from 2 ms halved that. A call of tens of microseconds rarely meets a tick,
+/// and the ticker parks while no call is in flight (see `ticker`).
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Default per-call CPU deadline of a plugin.
@@ -151,101 +150,4 @@ pub fn build_engine(max_instances: u32) -> wasmtime::Result<Engine> {
         .memory_reservation(memory_reservation(max_instances))
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config)
-}
-
-/// Starts the thread that advances `engine`'s epoch every [`EPOCH_TICK`], which is what makes call
-/// deadlines fire and long calls yield. The thread holds only a weak reference and ends when the
-/// engine is gone: the engine lives as long as anything that can run a plugin (every compiled
-/// plugin holds it), so the ticker does too, whatever the caller keeps or drops.
-pub fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("tollgate-epoch".into())
-        .spawn(move || {
-            if let Err(error) = ask_for_prompt_wake_ups() {
-                tracing::debug!(%error, "the epoch ticker runs with the default time slice");
-            }
-            loop {
-                std::thread::sleep(EPOCH_TICK);
-                match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => break,
-                }
-            }
-        })?;
-    Ok(())
-}
-
-/// The time slice the ticker asks for: far below the kernel's default (0.75 ms and up), so that
-/// waking up it preempts whatever runs on its core.
-const TICKER_SLICE: Duration = Duration::from_micros(100);
-
-/// Asks the kernel to run the calling thread (the ticker) as soon as it wakes up. Under EEVDF
-/// (Linux 6.6 and later) a waking thread waits until the running one has used its slice: with
-/// plugin calls looping on both cores of a 2-core host, ticks came up to 4.4 ms late (58 of 1,692
-/// more than 0.5 ms), and every late tick let a looping call run on at full speed before the
-/// slow lane caught it. A thread that asks for a shorter slice preempts on wake-up (Linux 6.12
-/// and later); asking is allowed without privileges, as the slice is not a priority, and older
-/// kernels ignore it. With it, the same load saw one late tick in 1,800 and the looping calls'
-/// CPU fell by 40%.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)] // One raw syscall: neither rustix nor libc wraps sched_setattr(2).
-fn ask_for_prompt_wake_ups() -> std::io::Result<()> {
-    /// `struct sched_attr`, first version (`SCHED_ATTR_SIZE_VER0`).
-    #[repr(C)]
-    struct SchedAttr {
-        size: u32,
-        policy: u32,
-        flags: u64,
-        nice: i32,
-        priority: u32,
-        runtime: u64,
-        deadline: u64,
-        period: u64,
-    }
-    let attr = SchedAttr {
-        size: std::mem::size_of::<SchedAttr>() as u32,
-        policy: libc::SCHED_OTHER as u32,
-        flags: 0,
-        // Keep the thread's niceness (setting a lower one than it has would need privileges).
-        nice: rustix::process::getpriority_process(None)?,
-        priority: 0,
-        runtime: TICKER_SLICE.as_nanos() as u64,
-        deadline: 0,
-        period: 0,
-    };
-    // SAFETY: `attr` is a valid `sched_attr` of the size it declares, alive for the call; pid 0
-    // is the calling thread; flags 0.
-    let result = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn ask_for_prompt_wake_ups() -> std::io::Result<()> {
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn the_ticker_gets_its_short_time_slice() {
-        std::thread::spawn(|| {
-            ask_for_prompt_wake_ups().expect("sched_setattr needs no privilege");
-            // Kernels that keep a slice per thread (6.6 and later) show it here.
-            let sched = std::fs::read_to_string("/proc/thread-self/sched").unwrap_or_default();
-            if let Some(line) = sched.lines().find(|line| line.starts_with("se.slice")) {
-                let slice: u64 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
-                assert_eq!(slice, TICKER_SLICE.as_nanos() as u64, "{line}");
-            }
-        })
-        .join()
-        .unwrap();
-    }
 }

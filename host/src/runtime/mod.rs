@@ -24,6 +24,7 @@ mod output;
 mod slow_lane;
 mod snapshot;
 mod store;
+mod ticker;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -252,7 +253,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| bindings::add_to_linker(&mut linker))
             .map_err(RuntimeError::Engine)?;
-        engine::start_epoch_ticker(&engine).map_err(RuntimeError::EpochThread)?;
+        ticker::start_epoch_ticker(&engine).map_err(RuntimeError::EpochThread)?;
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,

@@ -16,6 +16,7 @@ use super::capacity::Capacity;
 use super::engine::{MAX_TABLE_ELEMENTS, TABLE_ELEMENT_BYTES};
 use super::output::{OutputBudget, PluginOutput};
 use super::slow_lane::{LaneTurn, Quarantine};
+use super::ticker;
 use crate::exchange::{ConnectionFacts, Context, ExchangeState, HandshakeState, RequestHead};
 use crate::tls::TlsPolicy;
 
@@ -209,6 +210,9 @@ pub struct PluginStore {
     quarantine: Arc<Quarantine>,
     /// Whether the current call ran out of time.
     ran_out_of_time: bool,
+    /// Whether a call is in flight, as the epoch ticker counts them (from store creation, which
+    /// instantiates, to the end of the call).
+    in_flight: bool,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -258,6 +262,7 @@ impl PluginStore {
             lane_turn: LaneTurn::default(),
             quarantine,
             ran_out_of_time: false,
+            in_flight: false,
             wasi,
             table: ResourceTable::new(),
         }
@@ -376,6 +381,9 @@ pub fn begin_call(store: &mut Store<PluginStore>) {
     data.cpu.start(data.call_started);
     data.lane_turn.release();
     data.ran_out_of_time = false;
+    if !std::mem::replace(&mut data.in_flight, true) {
+        ticker::call_begins();
+    }
     data.long_call = data.quarantine.long_call(data.phase, data.call_started);
     data.output.refill();
     let first_tick = if data.long_call.is_zero() { 0 } else { 1 };
@@ -390,5 +398,17 @@ pub fn end_call(store: &mut Store<PluginStore>) {
     data.lane_turn.release();
     if !data.ran_out_of_time {
         data.quarantine.ended_in_time(data.phase);
+    }
+    if std::mem::take(&mut data.in_flight) {
+        ticker::call_ends();
+    }
+}
+
+impl Drop for PluginStore {
+    /// A call dropped before its end (its request was cancelled) is no longer in flight.
+    fn drop(&mut self) {
+        if self.in_flight {
+            ticker::call_ends();
+        }
     }
 }
