@@ -571,22 +571,11 @@ async fn under_a_1024_open_file_limit_an_idle_flood_is_capped_and_new_clients_se
 
     // 1,100 connections that send nothing.
     let flood_started = Instant::now();
-    let mut flood = Vec::with_capacity(FLOOD);
-    for _ in 0..FLOOD {
-        flood.push(TcpStream::connect(addr).await.expect("connect"));
-    }
+    let flood = idle_flood(addr, FLOOD).await;
     // Those past the cap are closed at once; the others stay open until their deadline.
     tokio::time::sleep_until((flood_started + header_timeout / 2).into()).await;
-    let mut closed_at_once = 0;
-    let mut still_open = Vec::new();
-    for tcp in flood {
-        let mut byte = [0u8; 1];
-        match tcp.try_read(&mut byte) {
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => still_open.push(tcp),
-            Ok(0) | Err(_) => closed_at_once += 1,
-            Ok(_) => panic!("an idle connection got bytes"),
-        }
-    }
+    let (still_open, closed): (Vec<_>, Vec<_>) = flood.into_iter().partition(is_open);
+    let closed_at_once = closed.len();
     assert!(
         still_open.len() <= CAP && still_open.len() + 16 >= CAP,
         "{} of {FLOOD} stayed open (cap {CAP})",
@@ -631,6 +620,30 @@ async fn under_a_1024_open_file_limit_an_idle_flood_is_capped_and_new_clients_se
         )
         .await;
     }
+    assert_descriptors_lasted(&gateway);
+}
+
+/// Opens `count` connections to `addr` that send nothing.
+async fn idle_flood(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut flood = Vec::with_capacity(count);
+    for _ in 0..count {
+        flood.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    flood
+}
+
+/// Whether the gateway still holds an idle connection open (it sent nothing and did not close).
+fn is_open(tcp: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    match tcp.try_read(&mut byte) {
+        Err(err) => err.kind() == io::ErrorKind::WouldBlock,
+        Ok(0) => false,
+        Ok(_) => panic!("an idle connection got bytes"),
+    }
+}
+
+/// The gateway never ran out of file descriptors.
+fn assert_descriptors_lasted(gateway: &Gateway) {
     let stderr = gateway.tollgate.stderr().join("\n");
     assert!(
         !stderr.contains("Too many open files"),
@@ -685,27 +698,14 @@ async fn a_reload_past_the_open_file_limit_lowers_the_cap_to_fit() {
     );
 
     // Idle connections: the fitted cap (not 50, not 1000) stay open, the rest are closed at once.
-    let mut flood = Vec::with_capacity(FLOOD);
-    for _ in 0..FLOOD {
-        flood.push(TcpStream::connect(addr).await.expect("connect"));
-    }
+    let flood = idle_flood(addr, FLOOD).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let still_open = flood
-        .iter()
-        .filter(|tcp| {
-            let mut byte = [0u8; 1];
-            matches!(tcp.try_read(&mut byte), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
-        })
-        .count();
+    let still_open = flood.iter().filter(|tcp| is_open(tcp)).count();
     assert!(
         (CAP - 8..=CAP).contains(&still_open),
         "{still_open} of {FLOOD} stayed open (cap {CAP})"
     );
-    let stderr = gateway.tollgate.stderr().join("\n");
-    assert!(
-        !stderr.contains("Too many open files"),
-        "the gateway ran out of descriptors:\n{stderr}"
-    );
+    assert_descriptors_lasted(&gateway);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -75,6 +75,9 @@ async fn a_looping_plugin_fails_each_of_its_requests_at_its_time_limit_while_oth
         &config(echo, "", "loop", "time_limit = \"100ms\""),
     );
     let addr = gateway.addr("http");
+    // Idle long enough for the epoch ticker to park (100 ticks without a call): the looping
+    // calls must wake it, or nothing would end them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // More looping requests at once than the runtime has worker threads: before plugin calls
     // yielded at each epoch tick, these alone would hold every worker.

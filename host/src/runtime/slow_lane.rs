@@ -64,6 +64,16 @@ pub const REST: Duration = Duration::from_millis(19 * EPOCH_TICK.as_millis() as 
 /// solo throughput, against 0.88 with [`REST`] (`scripts/soak isolation`, 5 runs each).
 pub const STREAK_REST: Duration = Duration::from_millis(39 * EPOCH_TICK.as_millis() as u64);
 
+/// The rest after each turn of a call that counts as long-running after `long_call` of CPU (see
+/// [`Quarantine::long_call`]: zero for a phase in a timeout streak).
+pub fn rest_after_turn(long_call: Duration) -> Duration {
+    if long_call.is_zero() {
+        STREAK_REST
+    } else {
+        REST
+    }
+}
+
 /// How long a plugin stays quarantined after one of its calls ran out of time.
 pub const QUARANTINE: Duration = Duration::from_secs(10);
 

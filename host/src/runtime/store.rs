@@ -15,7 +15,7 @@ use super::call_cpu::{CallCpu, Reading};
 use super::capacity::Capacity;
 use super::engine::{MAX_TABLE_ELEMENTS, TABLE_ELEMENT_BYTES};
 use super::output::{OutputBudget, PluginOutput};
-use super::slow_lane::{LaneTurn, Quarantine, REST, STREAK_REST};
+use super::slow_lane::{LaneTurn, Quarantine, rest_after_turn};
 use super::ticker;
 use crate::exchange::{ConnectionFacts, Context, ExchangeState, HandshakeState, RequestHead};
 use crate::tls::TlsPolicy;
@@ -367,11 +367,7 @@ pub fn install_limits(store: &mut Store<PluginStore>) {
             }
             // Back here at once after the wait: with the lane it runs a tick (above); at its
             // deadline it traps without running on.
-            let rest = if data.long_call.is_zero() {
-                STREAK_REST
-            } else {
-                REST
-            };
+            let rest = rest_after_turn(data.long_call);
             let wait = data.cpu.resume_after(data.lane_turn.next(deadline, rest));
             UpdateDeadline::YieldCustom(0, Box::pin(wait))
         })
