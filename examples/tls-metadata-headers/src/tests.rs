@@ -1,6 +1,6 @@
 //! tls-metadata-headers through the SDK mock, with certificates from rcgen.
 
-use percent_encoding::percent_decode_str;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, IsCa, Issuer, KeyPair, SerialNumber,
 };
@@ -162,6 +162,62 @@ fn without_forward_chain_the_leaf_is_forwarded_and_the_chain_is_not() {
         Some("8A01")
     );
     assert_eq!(host.request_header("X-Client-Cert-Chain"), None);
+}
+
+#[test]
+fn without_forward_chain_a_chain_header_the_client_sent_is_removed() {
+    let chain = Chain::new(&[0x01]);
+    let host = run(
+        r#"{"forward_chain": false}"#,
+        MockHost {
+            request_headers: vec![("x-client-cert-chain".into(), "forged".into())],
+            ..with_chain(&chain.pem())
+        },
+    );
+    assert_eq!(host.request_header("X-Client-Cert-Chain"), None);
+    assert!(host.request_header("X-Client-Cert").is_some());
+}
+
+#[test]
+fn headers_the_client_sent_are_replaced_by_the_connections() {
+    let chain = Chain::new(&[0x01]);
+    let host = run(
+        "{}",
+        MockHost {
+            request_headers: vec![
+                ("x-client-cert-subject-dn".into(), "CN=admin".into()),
+                ("x-client-cert-chain".into(), "forged".into()),
+            ],
+            ..with_chain(&chain.pem())
+        },
+    );
+    assert_eq!(
+        host.request_header("X-Client-Cert-Subject-DN").as_deref(),
+        Some("CN=alice,O=Tollgate")
+    );
+    assert_eq!(decoded(&host, "X-Client-Cert-Chain"), chain.pem());
+}
+
+#[test]
+fn url_encoding_escapes_all_but_unreserved_characters_like_escape_uri() {
+    const UNRESERVED_KEPT: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let every_ascii: String = (0u8..0x80).map(char::from).collect();
+    for text in [
+        every_ascii.as_str(),
+        "é ünïcode ✓",
+        "",
+        "-----BEGIN CERTIFICATE-----\nMIIB+/==\n",
+    ] {
+        assert_eq!(
+            url_encode(text),
+            utf8_percent_encode(text, UNRESERVED_KEPT).to_string(),
+            "{text:?}"
+        );
+    }
 }
 
 #[test]

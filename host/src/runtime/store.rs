@@ -213,7 +213,9 @@ pub struct PluginStore {
     /// Whether a call is in flight, as the epoch ticker counts them (from store creation, which
     /// instantiates, to the end of the call).
     in_flight: bool,
-    wasi: WasiCtx,
+    /// Built on the plugin's first WASI call: most instances make none (the SDK's plugins write
+    /// nothing to stdout), and building one costs more than a short call.
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
 }
 
@@ -236,16 +238,6 @@ impl PluginStore {
         quarantine: Arc<Quarantine>,
         record_calls: bool,
     ) -> PluginStore {
-        let output = Arc::new(OutputBudget::default());
-        let wasi = WasiCtxBuilder::new()
-            .stdout(PluginOutput::new(plugin.clone(), "stdout", output.clone()))
-            .stderr(PluginOutput::new(plugin.clone(), "stderr", output.clone()))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .wall_clock(super::output::FrozenClock)
-            .monotonic_clock(super::output::FrozenClock)
-            .build();
         PluginStore {
             plugin,
             phase: None,
@@ -254,7 +246,7 @@ impl PluginStore {
             exchange: vacant_exchange(),
             calls: record_calls.then(Vec::new),
             memory,
-            output,
+            output: Arc::new(OutputBudget::default()),
             call_started: Instant::now(),
             time_limit,
             cpu: CallCpu::default(),
@@ -263,7 +255,7 @@ impl PluginStore {
             quarantine,
             ran_out_of_time: false,
             in_flight: false,
-            wasi,
+            wasi: None,
             table: ResourceTable::new(),
         }
     }
@@ -321,10 +313,27 @@ fn vacant_exchange() -> ExchangeState {
     ExchangeState::new(connection.clone(), RequestHead::default(), Context::new())
 }
 
+/// The sandboxed WASI of a plugin: no files, no network, no environment, no real clock; stdout
+/// and stderr go to the host log tagged with the plugin, within the call's output allowance.
+fn sandboxed_wasi(plugin: &Arc<str>, output: &Arc<OutputBudget>) -> WasiCtx {
+    WasiCtxBuilder::new()
+        .stdout(PluginOutput::new(plugin.clone(), "stdout", output.clone()))
+        .stderr(PluginOutput::new(plugin.clone(), "stderr", output.clone()))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .wall_clock(super::output::FrozenClock)
+        .monotonic_clock(super::output::FrozenClock)
+        .build()
+}
+
 impl WasiView for PluginStore {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let ctx = self
+            .wasi
+            .get_or_insert_with(|| sandboxed_wasi(&self.plugin, &self.output));
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx,
             table: &mut self.table,
         }
     }
