@@ -417,3 +417,46 @@ async fn the_gateway_runs_with_transparent_huge_pages_off() {
     // Kernels before 5.0 do not show it; every kernel this runs on in CI does.
     assert_eq!(thp, Some("0"), "THP_enabled in /proc/<pid>/status");
 }
+
+/// The epoch ticker sleeps while no plugin call is in flight: an idle gateway wakes it about once
+/// a second (to see whether its engine is gone), not a thousand times, nor a hundred.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_gateway_leaves_the_epoch_ticker_parked() {
+    let echo = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Tollgate::run(dir.path(), &config(echo, "", "ok", ""));
+    // A plugin call wakes the ticker; then the gateway is left idle.
+    assert_eq!(get(gateway.addr("http"), "/bad").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let ticker = epoch_ticker_thread(gateway.pid());
+    let before = voluntary_switches(&ticker);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let wake_ups = voluntary_switches(&ticker) - before;
+    assert!(
+        wake_ups <= 6,
+        "{wake_ups} wake-ups of the idle ticker in 3 s (ticking would be 3,000)"
+    );
+}
+
+/// `/proc/<pid>/task/<tid>` of the gateway's epoch ticker thread.
+fn epoch_ticker_thread(pid: u32) -> std::path::PathBuf {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| task.unwrap().path())
+        .find(|task| {
+            std::fs::read_to_string(task.join("comm"))
+                .is_ok_and(|comm| comm.trim() == "tollgate-epoch")
+        })
+        .expect("a thread named tollgate-epoch")
+}
+
+/// How often the thread has gone to sleep of its own accord.
+fn voluntary_switches(task: &std::path::Path) -> u64 {
+    std::fs::read_to_string(task.join("status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|count| count.trim().parse().ok())
+        .expect("voluntary_ctxt_switches in status")
+}

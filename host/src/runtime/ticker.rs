@@ -19,6 +19,9 @@ use super::engine::EPOCH_TICK;
 /// Ticks without a call in flight after which the ticker parks.
 pub const IDLE_TICKS: u32 = 100;
 
+/// How often a parked ticker wakes to see whether its engine is gone (it then ends).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
 /// Plugin calls in flight in the process (instantiation included), over all engines.
 static CALLS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Tickers parked now.
@@ -60,6 +63,23 @@ pub fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
             }
             let mut idle = 0;
             loop {
+                if idle >= IDLE_TICKS {
+                    PARKED.fetch_add(1, Ordering::SeqCst);
+                    if CALLS_IN_FLIGHT.load(Ordering::SeqCst) == 0 {
+                        // Wakes now and then to notice an engine that is gone.
+                        std::thread::park_timeout(IDLE_CHECK);
+                    }
+                    PARKED.fetch_sub(1, Ordering::SeqCst);
+                    if weak.upgrade().is_none() {
+                        break;
+                    }
+                    if CALLS_IN_FLIGHT.load(Ordering::SeqCst) == 0 {
+                        // Still idle (the timeout woke it): straight back to parking, not
+                        // another IDLE_TICKS of ticks.
+                        continue;
+                    }
+                    idle = 0;
+                }
                 std::thread::sleep(EPOCH_TICK);
                 match weak.upgrade() {
                     Some(engine) => engine.increment_epoch(),
@@ -70,15 +90,6 @@ pub fn start_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
                 } else {
                     0
                 };
-                if idle >= IDLE_TICKS {
-                    PARKED.fetch_add(1, Ordering::SeqCst);
-                    if CALLS_IN_FLIGHT.load(Ordering::SeqCst) == 0 {
-                        // Wakes now and then to notice an engine that is gone.
-                        std::thread::park_timeout(Duration::from_secs(1));
-                    }
-                    PARKED.fetch_sub(1, Ordering::SeqCst);
-                    idle = 0;
-                }
             }
             let me = std::thread::current().id();
             TICKERS
