@@ -46,10 +46,8 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Removes every header this plugin forwards (a client may have sent them), after saying
-    /// why with `log_why`.
-    fn forward_nothing(&self, log_why: impl FnOnce()) -> PhaseResult {
-        log_why();
+    /// Removes every header this plugin forwards: a client may have sent them.
+    fn forward_nothing(&self) -> PhaseResult {
         for (_, name) in self.names() {
             request::remove_header(name)?;
         }
@@ -126,10 +124,21 @@ impl Plugin for TlsMetadataHeaders {
         // The gateway reads the leaf once per connection; nothing is parsed here.
         let leaf = match client_tls::get_client_certificate() {
             Ok(Some(leaf)) => leaf,
-            Ok(None) => return c.forward_nothing(no_certificate),
-            Err(Error::NotTls) => return c.forward_nothing(not_tls),
+            Ok(None) => {
+                // Debug, not info: on a route open to clients without certificates this is
+                // every request.
+                log::debug(
+                    "no client certificate (none requested, or none sent): nothing forwarded",
+                );
+                return c.forward_nothing();
+            }
+            Err(Error::NotTls) => {
+                log::debug("connection is not TLS: no client certificate forwarded");
+                return c.forward_nothing();
+            }
             Err(Error::InvalidArgument(why)) => {
-                return c.forward_nothing(|| log::warn(&format!("{why}: nothing forwarded")));
+                log::warn(&format!("{why}: nothing forwarded"));
+                return c.forward_nothing();
             }
             Err(err) => return Err(err.into()),
         };
@@ -155,15 +164,6 @@ impl Plugin for TlsMetadataHeaders {
         )?;
         Ok(())
     }
-}
-
-fn no_certificate() {
-    // Debug, not info: on a route open to clients without certificates this is every request.
-    log::debug("no client certificate (none requested, or none sent): nothing forwarded");
-}
-
-fn not_tls() {
-    log::debug("connection is not TLS: no client certificate forwarded");
 }
 
 /// Percent-encodes all but RFC 3986's unreserved characters, with upper-case hex, as
