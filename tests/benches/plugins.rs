@@ -18,6 +18,10 @@ use tollgate::tls::{ClientChain, ClientVerify, TlsFacts};
 use tollgate_tests::examples_support::{cert, pem_for_toml, plugin_path};
 use tollgate_tests::{client_addr, exchange, get, run_request_phases};
 
+/// The allocator the `tollgate` binary runs with, so these figures are what the gateway pays.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// What the upstream answers (the body goes through body_filter).
 const BODY: &str = r#"{"orders":[{"id":1,"total":"12.50"},{"id":2,"total":"7.00"}]}"#;
 
