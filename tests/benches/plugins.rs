@@ -3,7 +3,9 @@
 //! [`tollgate::pipeline::Exchange`], fresh instance creation included, as the gateway runs it; and
 //! the certificate phase of the plugins that have one; each from the plugin's configured snapshot
 //! (`configure` ran once at load) and, under `unsnapshotted/`, with `configure` run in every
-//! instance as before snapshots. Also prints the resident memory each live instance adds.
+//! instance as before snapshots. Under `instance/`, a fresh instance made and dropped with no call
+//! into it: the floor every request pays before the plugin runs, so that `request/` minus
+//! `instance/` is the plugin's own work. Also prints the resident memory each live instance adds.
 //!
 //! `cargo bench -p tollgate-tests --bench plugins -- --warm-up-time 1 --measurement-time 3`
 
@@ -149,6 +151,19 @@ fn bench_plugins(
                     Recording::Off,
                 );
                 black_box(rt.block_on(run_request_phases(&mut exchange, BODY)));
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group(format!("{prefix}instance"));
+    for (name, plugin) in plugins {
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                let instance = rt
+                    .block_on(plugin.instantiate(false))
+                    .expect("instantiates");
+                drop(black_box(instance));
             })
         });
     }
