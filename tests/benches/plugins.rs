@@ -5,14 +5,17 @@
 //! (`configure` ran once at load) and, under `unsnapshotted/`, with `configure` run in every
 //! instance as before snapshots. Under `instance/`, a fresh instance made and dropped with no call
 //! into it: the floor every request pays before the plugin runs, so that `request/` minus
-//! `instance/` is the plugin's own work. Also prints the resident memory each live instance adds.
+//! `instance/` is the plugin's own work. Under `request-cold/`, the same request after a sweep
+//! over 16 MiB of other memory, not timed, as the gateway's own work between two plugin calls
+//! evicts the plugin's code and data: its figures are what the gateway pays per request, about
+//! twice `request/` (docs/benchmarks.md). Also prints the resident memory each live instance adds.
 //!
 //! `cargo bench -p tollgate-tests --bench plugins -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
 use std::sync::Arc;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use tollgate::exchange::{ConnectionFacts, RequestHead};
 use tollgate::pipeline::{Recording, run_certificate_phase};
 use tollgate::runtime::{LoadedPlugin, PluginSpec, Runtime, RuntimeLimits, Snapshots, StartImage};
@@ -156,6 +159,10 @@ fn bench_plugins(
     }
     group.finish();
 
+    if prefix.is_empty() {
+        bench_cold_requests(c, rt, plugins, &connection);
+    }
+
     let mut group = c.benchmark_group(format!("{prefix}instance"));
     for (name, plugin) in plugins {
         group.bench_function(*name, |b| {
@@ -193,6 +200,47 @@ fn bench_plugins(
                     Recording::Off,
                 )))
             })
+        });
+    }
+    group.finish();
+}
+
+/// Bytes swept before each cold request: more than this VM's caches hold for one core, about
+/// what the gateway's TLS and HTTP work between two plugin calls leaves of them.
+const CACHE_SWEEP: usize = 16 << 20;
+
+/// `request/` with cold caches: each request follows a sweep over [`CACHE_SWEEP`] bytes of other
+/// memory, outside the timing.
+fn bench_cold_requests(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    plugins: &[(&'static str, Arc<LoadedPlugin>)],
+    connection: &Arc<ConnectionFacts>,
+) {
+    let mut sweep = vec![0u8; CACHE_SWEEP];
+    let mut group = c.benchmark_group("request-cold");
+    for (name, plugin) in plugins {
+        let chain = [plugin.clone()];
+        group.bench_function(*name, |b| {
+            b.iter_batched(
+                || {
+                    // One write per cache line.
+                    for byte in sweep.iter_mut().step_by(64) {
+                        *byte = byte.wrapping_add(1);
+                    }
+                    tollgate::pipeline::Exchange::new(
+                        chain.to_vec().into(),
+                        tollgate::exchange::ExchangeState::new(
+                            connection.clone(),
+                            request(),
+                            Default::default(),
+                        ),
+                        Recording::Off,
+                    )
+                },
+                |mut exchange| black_box(rt.block_on(run_request_phases(&mut exchange, BODY))),
+                BatchSize::PerIteration,
+            )
         });
     }
     group.finish();
