@@ -144,15 +144,7 @@ fn bench_plugins(
         }
         group.bench_function(*name, |b| {
             b.iter(|| {
-                let mut exchange = tollgate::pipeline::Exchange::new(
-                    chain.to_vec().into(),
-                    tollgate::exchange::ExchangeState::new(
-                        connection.clone(),
-                        request(),
-                        Default::default(),
-                    ),
-                    Recording::Off,
-                );
+                let mut exchange = unrecorded_exchange(&chain, &connection);
                 black_box(rt.block_on(run_request_phases(&mut exchange, BODY)));
             })
         });
@@ -205,6 +197,19 @@ fn bench_plugins(
     group.finish();
 }
 
+/// A fresh exchange of `request()` through `chain`, host calls not recorded, as the gateway runs
+/// it.
+fn unrecorded_exchange(
+    chain: &[Arc<LoadedPlugin>],
+    connection: &Arc<ConnectionFacts>,
+) -> tollgate::pipeline::Exchange {
+    tollgate::pipeline::Exchange::new(
+        chain.to_vec().into(),
+        tollgate::exchange::ExchangeState::new(connection.clone(), request(), Default::default()),
+        Recording::Off,
+    )
+}
+
 /// Bytes swept before each cold request: more than this VM's caches hold for one core, about
 /// what the gateway's TLS and HTTP work between two plugin calls leaves of them.
 const CACHE_SWEEP: usize = 16 << 20;
@@ -228,15 +233,7 @@ fn bench_cold_requests(
                     for byte in sweep.iter_mut().step_by(64) {
                         *byte = byte.wrapping_add(1);
                     }
-                    tollgate::pipeline::Exchange::new(
-                        chain.to_vec().into(),
-                        tollgate::exchange::ExchangeState::new(
-                            connection.clone(),
-                            request(),
-                            Default::default(),
-                        ),
-                        Recording::Off,
-                    )
+                    unrecorded_exchange(&chain, connection)
                 },
                 |mut exchange| black_box(rt.block_on(run_request_phases(&mut exchange, BODY))),
                 BatchSize::PerIteration,

@@ -209,7 +209,14 @@ async fn reloads_under_load_drop_nothing_and_switch_behaviour() {
             .unwrap_or_else(|err| panic!("GET {path}: {err}"))
     };
     let reply = get(http, "/gen1").await;
-    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.status,
+        200,
+        "GET /gen1 under load answered {}: {}\ngateway log:\n{}",
+        reply.status,
+        String::from_utf8_lossy(&reply.body),
+        gateway.stderr().join("\n")
+    );
     assert_eq!(reply.header("x-gen"), Some("1"));
     assert_eq!(
         reply.header("x-stamp"),
