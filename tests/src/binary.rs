@@ -265,16 +265,34 @@ impl Tollgate {
         self.status_bytes("RssAnon:")
     }
 
-    fn status_bytes(&self, key: &str) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(key))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kib| kib.parse::<u64>().ok())
-            .map_or(0, |kib| kib * 1024)
+    /// How often the process's thread named `name` has gone to sleep of its own accord
+    /// (`voluntary_ctxt_switches` in `/proc/<pid>/task/<tid>/status`).
+    pub fn voluntary_switches_of_thread(&self, name: &str) -> u64 {
+        let task = std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .expect("/proc task list")
+            .map(|task| task.expect("/proc task").path())
+            .find(|task| {
+                std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.trim() == name)
+            })
+            .unwrap_or_else(|| panic!("no thread named {name}"));
+        status_number(&task.join("status"), "voluntary_ctxt_switches:")
+            .expect("voluntary_ctxt_switches in status")
     }
+
+    fn status_bytes(&self, key: &str) -> u64 {
+        let status = format!("/proc/{}/status", self.pid());
+        status_number(Path::new(&status), key).map_or(0, |kib| kib * 1024)
+    }
+}
+
+/// The number after `key` in a `/proc` status file.
+fn status_number(status: &Path, key: &str) -> Option<u64> {
+    std::fs::read_to_string(status)
+        .expect("/proc status")
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
 }
 
 /// The value of `key=value` in a tracing line.

@@ -429,34 +429,11 @@ async fn an_idle_gateway_leaves_the_epoch_ticker_parked() {
     assert_eq!(get(gateway.addr("http"), "/bad").await.status, 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let ticker = epoch_ticker_thread(gateway.pid());
-    let before = voluntary_switches(&ticker);
+    let before = gateway.voluntary_switches_of_thread("tollgate-epoch");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let wake_ups = voluntary_switches(&ticker) - before;
+    let wake_ups = gateway.voluntary_switches_of_thread("tollgate-epoch") - before;
     assert!(
         wake_ups <= 6,
         "{wake_ups} wake-ups of the idle ticker in 3 s (ticking would be 3,000)"
     );
-}
-
-/// `/proc/<pid>/task/<tid>` of the gateway's epoch ticker thread.
-fn epoch_ticker_thread(pid: u32) -> std::path::PathBuf {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .map(|task| task.unwrap().path())
-        .find(|task| {
-            std::fs::read_to_string(task.join("comm"))
-                .is_ok_and(|comm| comm.trim() == "tollgate-epoch")
-        })
-        .expect("a thread named tollgate-epoch")
-}
-
-/// How often the thread has gone to sleep of its own accord.
-fn voluntary_switches(task: &std::path::Path) -> u64 {
-    std::fs::read_to_string(task.join("status"))
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
-        .and_then(|count| count.trim().parse().ok())
-        .expect("voluntary_ctxt_switches in status")
 }
