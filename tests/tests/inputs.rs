@@ -39,8 +39,12 @@ impl Outcome {
             self.stdout,
             self.stderr
         );
+        // A plugin's own panic message reaches the log as its stderr, tagged with its name.
         assert!(
-            !self.stderr.contains("panicked"),
+            !self
+                .stderr
+                .lines()
+                .any(|line| line.contains("panicked") && !line.contains("plugin=")),
             "{what}: panicked:\n{}",
             self.stderr
         );
@@ -337,6 +341,64 @@ fn broken_plugin_files_are_refused_by_tollgate_test() {
             "{label}: {}",
             outcome.stderr
         );
+    }
+}
+
+#[test]
+fn a_plugin_misbehaving_in_configure_is_refused_at_load_naming_the_plugin_and_its_limit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(guests::MISBEHAVE, dir.path().join("misbehave.wasm")).expect("plugin copied");
+    let cases = [
+        (
+            "loop",
+            "9:14: plugins[0].time_limit",
+            "exceeded its time limit of 100ms",
+        ),
+        // A sleep waits in the host, where no epoch tick reaches it.
+        (
+            "sleep",
+            "9:14: plugins[0].time_limit",
+            "exceeded its time limit of 100ms",
+        ),
+        (
+            "grow",
+            "8:16: plugins[0].memory_limit",
+            "exceeded its memory limit of 16777216 bytes",
+        ),
+        ("trap", "7:10: plugins[0].config", "trapped: wasm trap"),
+    ];
+    for (mode, field, says) in cases {
+        let config = format!(
+            r#"[[listeners]]
+address = "127.0.0.1:0"
+
+[[plugins]]
+name = "edge-auth"
+path = "misbehave.wasm"
+config = {{ phase = "configure", mode = "{mode}" }}
+memory_limit = "16MiB"
+time_limit = "100ms"
+"#
+        );
+        std::fs::write(dir.path().join("tollgate.toml"), config).expect("config written");
+        for (command, outcome) in [
+            ("check", check(dir.path())),
+            ("run", run_refused(dir.path())),
+        ] {
+            outcome.assert_refused(&format!("{command} with {mode} in configure"));
+            let prefix = format!("tollgate.toml:{field}: ");
+            let line = outcome
+                .stderr
+                .lines()
+                .find(|line| line.starts_with(&prefix))
+                .unwrap_or_else(|| {
+                    panic!("{command}, {mode}: no located problem:\n{}", outcome.stderr)
+                });
+            assert!(
+                line.contains("plugin edge-auth failed in configure: ") && line.contains(says),
+                "{command}, {mode}: expected {says:?} in {line}"
+            );
+        }
     }
 }
 

@@ -550,6 +550,40 @@ async fn a_looping_call_is_paced_by_the_slow_lane_and_uses_a_fraction_of_its_lim
     );
 }
 
+/// A healthy call that the machine kept waiting past its time limit (here the runtime's only
+/// thread was blocked by another task at the call's first epoch tick, as a loaded machine keeps
+/// a thread off its core) is not failed: its limit counts the CPU it used, and its wall time
+/// only ends it at the limit plus `WAIT_GRACE` (500 ms).
+#[tokio::test]
+async fn a_call_kept_waiting_past_its_time_limit_by_the_machine_still_succeeds() {
+    let mut spec = spec(
+        "kept-waiting",
+        guests::MISBEHAVE,
+        // A few milliseconds of CPU: it meets epoch ticks, far below the slow lane's 10 ms.
+        json!({ "phase": "access", "mode": "work", "iterations": 4_000_000 }),
+    );
+    spec.time_limit = TIME_LIMIT;
+    let working = load_spec(spec).await;
+    let mut call = exchange(&[working], plaintext_connection(), get("/", &[]));
+    call.rewrite().await.unwrap();
+    let blocked = Duration::from_millis(300);
+    let blocker = tokio::spawn(async move { std::thread::sleep(blocked) });
+    let started = std::time::Instant::now();
+    let outcome = call.access().await;
+    let took = started.elapsed();
+    blocker.await.unwrap();
+    eprintln!("the call took {took:?} in wall time");
+    assert!(
+        took >= blocked,
+        "the call ended before its first tick ({took:?}), so nothing kept it waiting: give it \
+         more iterations"
+    );
+    assert!(
+        outcome.is_ok(),
+        "a call kept waiting {took:?} (time limit {TIME_LIMIT:?}) failed: {outcome:?}"
+    );
+}
+
 /// After calls of a phase time out in a row, its calls start in the slow lane instead of running
 /// first; a call that then ends in time (the plugin works again for this request) still gets its
 /// turn and succeeds, and the plugin's next call runs first again.

@@ -1,4 +1,4 @@
-//! The sandbox's promises, through the `tollgate` binary started as a user starts it: a looping,
+//! The sandbox's promises, through the `tollgate` binary started as a user starts it: a looping, sleeping,
 //! memory-hungry, log-flooding or header-flooding plugin fails only its own calls, within its
 //! limits, while other routes keep being served; a gateway out of instance slots answers 503 at
 //! once; SIGTERM ends the process while a plugin loops.
@@ -66,22 +66,18 @@ async fn serial(addr: SocketAddr, path: &'static str, count: usize) -> Vec<u16> 
     statuses
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_looping_plugin_fails_each_of_its_requests_at_its_time_limit_while_other_routes_serve() {
-    let echo = echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let gateway = Tollgate::run(
-        dir.path(),
-        &config(echo, "", "loop", "time_limit = \"100ms\""),
-    );
+/// Sends `bad` requests to `/bad` at once, whose plugin `misbehaves` (loops, sleeps) under a
+/// 100ms time limit, and `healthy` ones to `/` one after another meanwhile: each bad one is a 500,
+/// ended by its deadline long before the client's own (10 s), each healthy one a 200, and the
+/// timeout is logged at warn.
+async fn time_limit_ends_bad_requests_while_others_serve(
+    gateway: &Tollgate,
+    misbehaves: &str,
+    bad: usize,
+    healthy: usize,
+) {
     let addr = gateway.addr("http");
-    // Idle long enough for the epoch ticker to park (100 ticks without a call): the looping
-    // calls must wake it, or nothing would end them.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    // More looping requests at once than the runtime has worker threads: before plugin calls
-    // yielded at each epoch tick, these alone would hold every worker.
-    let looping: Vec<_> = (0..6)
+    let bad: Vec<_> = (0..bad)
         .map(|_| {
             tokio::spawn(async move {
                 let started = Instant::now();
@@ -90,11 +86,14 @@ async fn a_looping_plugin_fails_each_of_its_requests_at_its_time_limit_while_oth
             })
         })
         .collect();
-    let healthy = tokio::spawn(serial(addr, "/", 50));
+    let healthy = tokio::spawn(serial(addr, "/", healthy));
     let mut slowest = Duration::ZERO;
-    for request in looping {
+    for request in bad {
         let (status, took) = request.await.unwrap();
-        assert_eq!(status, 500, "a looping plugin's request is a 500");
+        assert_eq!(
+            status, 500,
+            "a plugin that {misbehaves}: its request is a 500"
+        );
         slowest = slowest.max(took);
     }
     let statuses = healthy.await.unwrap();
@@ -102,18 +101,39 @@ async fn a_looping_plugin_fails_each_of_its_requests_at_its_time_limit_while_oth
         statuses.iter().all(|status| *status == 200),
         "the healthy route kept answering 200: {statuses:?}"
     );
-    // The client's own deadline (10 s) is far above the limit; a dead limit hangs until then.
+    // A dead limit hangs until the client gives up.
     assert!(
         slowest < Duration::from_secs(5),
-        "looping requests were ended by their 100ms limit (slowest took {slowest:?})"
+        "requests whose plugin {misbehaves} were ended by their 100ms limit (slowest took \
+         {slowest:?})"
     );
-    eprintln!("slowest looping request answered in {slowest:?} (time_limit 100ms)");
-    let timeout_warning =
-        |line: &str| line.contains("WARN") && line.contains("exceeded its time limit");
+    eprintln!(
+        "slowest request whose plugin {misbehaves} answered in {slowest:?} (time_limit 100ms)"
+    );
     assert!(
         gateway.wait_for_stderr(Duration::from_secs(5), timeout_warning),
         "the timeout was logged at warn"
     );
+}
+
+fn timeout_warning(line: &str) -> bool {
+    line.contains("WARN") && line.contains("exceeded its time limit")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_looping_plugin_fails_each_of_its_requests_at_its_time_limit_while_other_routes_serve() {
+    let echo = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Tollgate::run(
+        dir.path(),
+        &config(echo, "", "loop", "time_limit = \"100ms\""),
+    );
+    // Idle long enough for the epoch ticker to park (100 ticks without a call): the looping
+    // calls must wake it, or nothing would end them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // More looping requests at once than the runtime has worker threads: before plugin calls
+    // yielded at each epoch tick, these alone would hold every worker.
+    time_limit_ends_bad_requests_while_others_serve(&gateway, "loops", 6, 50).await;
     let warnings = gateway
         .stderr()
         .into_iter()
@@ -122,6 +142,25 @@ async fn a_looping_plugin_fails_each_of_its_requests_at_its_time_limit_while_oth
     assert!(
         warnings <= 5,
         "timeouts are rate-limited per plugin and kind: {warnings} warnings for 6 failures"
+    );
+}
+
+/// A sleep uses no CPU and waits in the host, where no epoch tick reaches it: only a wall-clock
+/// deadline on the call itself ends it (at its time limit plus the 500 ms wait grace), and gives
+/// its instance slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plugin_sleeping_in_a_wasi_call_fails_its_request_at_its_time_limit_and_the_wait_grace() {
+    let echo = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Tollgate::run(
+        dir.path(),
+        &config(echo, "", "sleep", "time_limit = \"100ms\""),
+    );
+    time_limit_ends_bad_requests_while_others_serve(&gateway, "sleeps an hour", 6, 20).await;
+    assert_eq!(
+        get(gateway.addr("http"), "/bad").await.status,
+        500,
+        "and the next one fails the same way"
     );
 }
 

@@ -33,7 +33,7 @@ use crate::metrics::{self, RouteMeter};
 use crate::proxy::forwarding::ClientHeaderPolicy;
 use crate::proxy::router::{Route, Router};
 use crate::proxy::upstream::{Upstream, UpstreamSettings};
-use crate::runtime::{LoadError, PluginFault, PluginSpec, Runtime};
+use crate::runtime::{LoadError, PluginFault, PluginSpec, Runtime, Stage};
 use crate::tls::{self, ListenerTls, ServerCertificate, TicketKeys, TlsError, TrustAnchors};
 
 pub use admin::{Health, Phase as HealthPhase};
@@ -283,14 +283,16 @@ fn admin_tls(
     }
 }
 
-/// The config field a plugin load error is about.
+/// The config field a plugin load error is about: the limit a call at load ran into, the
+/// configuration `configure` failed on, or else the file.
 fn plugin_load_field(err: &LoadError) -> &'static str {
     match err {
-        LoadError::Setup { source, .. }
-            if matches!(source.fault, PluginFault::ConfigRejected(_)) =>
-        {
-            "config"
-        }
+        LoadError::Setup { source, .. } => match source.fault {
+            PluginFault::Timeout(_) => "time_limit",
+            PluginFault::MemoryLimit(_) => "memory_limit",
+            _ if source.stage == Stage::Configure => "config",
+            _ => "path",
+        },
         _ => "path",
     }
 }

@@ -12,8 +12,8 @@ use super::bindings::{self, WitPhase};
 use super::capacity::InstanceSlot;
 use super::error::{PluginError, PluginFault, Stage};
 use super::store::{
-    HostCall, InstanceMemory, Lending, MemoryRefusal, PluginStore, begin_call, end_call,
-    install_limits,
+    Budget, HostCall, InstanceMemory, Lending, MemoryRefusal, PluginStore, begin_call, end_call,
+    install_limits, within_deadline,
 };
 use crate::exchange::{ExchangeState, HandshakeState};
 
@@ -64,9 +64,13 @@ impl PluginInstance {
     pub(super) async fn new(
         plugin: Arc<PreparedPlugin>,
         record_calls: bool,
+        budget: Budget,
     ) -> Result<Self, PluginError> {
-        let (mut store, slot) = new_store(&plugin, record_calls)?;
-        let bindings = match plugin.pre.instantiate_async(&mut store).await {
+        let (mut store, slot) = new_store(&plugin, record_calls, budget)?;
+        let pre = &plugin.pre;
+        let instantiated =
+            within_deadline(&mut store, async |store| pre.instantiate_async(store).await).await;
+        let bindings = match instantiated {
             Ok(bindings) => bindings,
             Err(err) => {
                 let fault = classify(&store, &plugin, err, PluginFault::Instantiate);
@@ -91,17 +95,15 @@ impl PluginInstance {
     pub(super) async fn configured_for_snapshot(
         plugin: &Arc<PreparedPlugin>,
     ) -> Result<(Self, Instance), PluginError> {
-        let (mut store, slot) = new_store(plugin, false)?;
-        let instantiated = async {
-            let instance = plugin
-                .pre
-                .instance_pre()
-                .instantiate_async(&mut store)
-                .await?;
-            let bindings = plugin.pre.bindings(&mut store, &instance)?;
+        let (mut store, slot) = new_store(plugin, false, Budget::Loading)?;
+        let pre = &plugin.pre;
+        let instantiated = within_deadline(&mut store, async |store| {
+            let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
+            let bindings = pre.bindings(&mut *store, &instance)?;
             Ok((instance, bindings))
-        };
-        let (raw, bindings) = match instantiated.await {
+        })
+        .await;
+        let (raw, bindings) = match instantiated {
             Ok(instantiated) => instantiated,
             Err(err) => {
                 let fault = classify(&store, plugin, err, PluginFault::Instantiate);
@@ -126,11 +128,12 @@ impl PluginInstance {
     async fn configure(&mut self) -> Result<(), PluginError> {
         self.store.data_mut().phase = None;
         begin_call(&mut self.store);
-        let result = self
-            .bindings
-            .tollgate_plugin_handler()
-            .call_configure(&mut self.store, &self.plugin.config_json)
-            .await;
+        let handler = self.bindings.tollgate_plugin_handler();
+        let config = &self.plugin.config_json;
+        let result = within_deadline(&mut self.store, async |store| {
+            handler.call_configure(store, config).await
+        })
+        .await;
         self.end_call(None);
         match result {
             Ok(Ok(())) => Ok(()),
@@ -147,11 +150,11 @@ impl PluginInstance {
     /// The phases the plugin says it handles.
     pub async fn declared_phases(&mut self) -> Result<Vec<Phase>, PluginError> {
         begin_call(&mut self.store);
-        let result = self
-            .bindings
-            .tollgate_plugin_handler()
-            .call_phases(&mut self.store)
-            .await;
+        let handler = self.bindings.tollgate_plugin_handler();
+        let result = within_deadline(&mut self.store, async |store| {
+            handler.call_phases(store).await
+        })
+        .await;
         self.end_call(None);
         match result {
             Ok(phases) => Ok(phases.into_iter().map(Phase::from).collect()),
@@ -196,8 +199,7 @@ impl PluginInstance {
         self.store.data_mut().phase = Some(phase);
         begin_call(&mut self.store);
         let handler = self.bindings.tollgate_plugin_handler();
-        let store = &mut self.store;
-        let result = match call {
+        let result = within_deadline(&mut self.store, async |store| match call {
             PhaseCall::Plain(Phase::Certificate) => handler.call_on_certificate(store).await,
             PhaseCall::Plain(Phase::Rewrite) => handler.call_on_rewrite(store).await,
             PhaseCall::Plain(Phase::Access) => handler.call_on_access(store).await,
@@ -215,7 +217,8 @@ impl PluginInstance {
                     .call_on_body_filter(store, chunk, end_of_stream)
                     .await
             }
-        };
+        })
+        .await;
         self.end_call(Some(phase));
         let outcome = match result {
             Ok(Ok(())) => Ok(()),
@@ -260,6 +263,7 @@ impl PluginInstance {
 fn new_store(
     plugin: &PreparedPlugin,
     record_calls: bool,
+    budget: Budget,
 ) -> Result<(Store<PluginStore>, InstanceSlot), PluginError> {
     let Some(slot) = plugin.capacity.try_slot() else {
         let slots = plugin.capacity.limits().max_instances;
@@ -272,6 +276,7 @@ fn new_store(
         plugin.time_limit,
         plugin.quarantine.clone(),
         record_calls,
+        budget,
     );
     let mut store = Store::new(plugin.pre.engine(), data);
     install_limits(&mut store);

@@ -43,7 +43,7 @@ pub use self::instance::{PhaseCall, PluginInstance};
 pub use self::loader::{WasmKind, componentize, wasm_kind};
 pub use self::slow_lane::STRAIGHT_TO_LANE_AFTER;
 pub use self::store::HostCall;
-use self::store::PluginStore;
+use self::store::{Budget, PluginStore};
 
 /// How to load one plugin: its file, its configuration and its limits.
 #[derive(Debug, Clone)]
@@ -168,7 +168,7 @@ impl LoadedPlugin {
 
     /// A fresh, configured instance.
     pub async fn instantiate(&self, record_calls: bool) -> Result<PluginInstance, PluginError> {
-        PluginInstance::new(self.prepared.clone(), record_calls).await
+        PluginInstance::new(self.prepared.clone(), record_calls, Budget::Serving).await
     }
 }
 
@@ -302,7 +302,8 @@ impl Runtime {
         let prepared = Arc::new(self.prepare(&spec, &component, config_json, image)?);
         // One instance validates the image and says which phases the plugin handles.
         let probe = async {
-            let mut instance = PluginInstance::new(prepared.clone(), false).await?;
+            let mut instance =
+                PluginInstance::new(prepared.clone(), false, Budget::Loading).await?;
             instance.declared_phases().await
         };
         let phases = probe.await.map_err(|source| LoadError::Setup {

@@ -3,22 +3,37 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tollgate_phases::Phase;
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::call_cpu::{CallCpu, Reading};
 use super::capacity::Capacity;
-use super::engine::{MAX_TABLE_ELEMENTS, TABLE_ELEMENT_BYTES};
+use super::engine::{MAX_TABLE_ELEMENTS, TABLE_ELEMENT_BYTES, WAIT_GRACE};
 use super::output::{OutputBudget, PluginOutput};
 use super::slow_lane::{LaneTurn, Quarantine, rest_after_turn};
 use super::ticker;
 use crate::exchange::{ConnectionFacts, Context, ExchangeState, HandshakeState, RequestHead};
 use crate::tls::TlsPolicy;
+
+/// The rules a store's calls run under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// Serving traffic: a call that uses more CPU than a real plugin call takes runs in the
+    /// [slow lane](super::slow_lane), which ends it at its time limit in wall time, so a looping
+    /// plugin cannot take the CPU from healthy requests.
+    Serving,
+    /// Loading a plugin (instantiating it, `configure` for its snapshot, asking its phases): no
+    /// traffic waits on these calls, and a loaded machine must not fail a healthy plugin's load,
+    /// so they run at full speed until they have used their time limit in CPU time.
+    Loading,
+}
 
 /// What the current call has been lent: set by [`PluginInstance::call_handshake`] and
 /// [`PluginInstance::call_exchange`] for the length of one call.
@@ -197,9 +212,10 @@ pub struct PluginStore {
     pub(super) memory: InstanceMemory,
     /// What the plugin may still write in this call.
     pub(super) output: Arc<OutputBudget>,
-    /// When the current call started, and how long it may run; the epoch callback ends it then.
+    /// When the current call started, and how long it may run (see [`install_limits`]).
     pub(super) call_started: Instant,
     pub(super) time_limit: Duration,
+    budget: Budget,
     /// The CPU time the current call has used: what makes it long-running.
     cpu: CallCpu,
     /// How much CPU time makes the current call long-running (see [`Quarantine::long_call`]).
@@ -238,6 +254,7 @@ impl PluginStore {
         time_limit: Duration,
         quarantine: Arc<Quarantine>,
         record_calls: bool,
+        budget: Budget,
     ) -> PluginStore {
         PluginStore {
             plugin,
@@ -250,6 +267,7 @@ impl PluginStore {
             output: Arc::new(OutputBudget::default()),
             call_started: Instant::now(),
             time_limit,
+            budget,
             cpu: CallCpu::default(),
             long_call: super::slow_lane::LONG_CALL,
             lane_turn: LaneTurn::default(),
@@ -340,48 +358,90 @@ impl WasiView for PluginStore {
     }
 }
 
-/// Wires the memory cap into `store`, and the time limit: the epoch ticks every
+/// Wires the memory cap into `store`, and the time limit. The epoch ticks every
 /// [`EPOCH_TICK`](super::engine::EPOCH_TICK); at each tick a running call yields to the async
-/// scheduler (so a long call never holds a worker thread), and once it has used more CPU than a
-/// real plugin call takes it runs in the [slow lane](super::slow_lane) until its time (wall
-/// time) is up, then traps. A call that runs out of time quarantines its plugin.
+/// scheduler (so a long call never holds a worker thread), and it traps once it has used its
+/// time limit in CPU time, or reached its [wall deadline](wall_deadline). While serving, a call
+/// that has used more CPU than a real plugin call takes runs in the [slow lane](super::slow_lane)
+/// until its time limit is up in wall time, then traps. A call that runs out of time quarantines
+/// its plugin.
 pub fn install_limits(store: &mut Store<PluginStore>) {
     store.limiter(|data| &mut data.memory);
     store.epoch_deadline_callback(|mut store| {
         let data = store.data_mut();
         let at = Reading::now();
         let now = at.wall();
-        let deadline = data.call_started + data.time_limit;
         let used = data.cpu.tick(at);
-        Ok(if now >= deadline {
-            data.ran_out_of_time = true;
-            data.quarantine.timed_out(data.phase, now);
-            UpdateDeadline::Interrupt
-        } else if data.lane_turn.take_fresh() {
-            // It has just been given the lane: it runs one tick.
-            UpdateDeadline::Continue(1)
-        } else if used < data.long_call {
-            // Ticks are process-wide: a short call may meet one moments after it started, or
-            // after the OS let it wait; neither is CPU it used.
-            let wait = data.cpu.resume_after(tokio::task::yield_now());
-            UpdateDeadline::YieldCustom(1, Box::pin(wait))
-        } else {
-            if data.cpu.found_long() {
-                tracing::debug!(
-                    plugin = %data.plugin,
-                    phase = data.phase.map_or("configure", Phase::name),
-                    cpu_us = used.as_micros(),
-                    wall_us = now.saturating_duration_since(data.call_started).as_micros(),
-                    "long-running plugin call: it runs in the slow lane"
-                );
-            }
-            // Back here at once after the wait: with the lane it runs a tick (above); at its
-            // deadline it traps without running on.
-            let rest = rest_after_turn(data.long_call);
-            let wait = data.cpu.resume_after(data.lane_turn.next(deadline, rest));
-            UpdateDeadline::YieldCustom(0, Box::pin(wait))
-        })
+        let long = used >= data.long_call;
+        let deadline = data.call_started + data.time_limit;
+        Ok(
+            if used >= data.time_limit || (long && now >= deadline) || now >= wall_deadline(data) {
+                data.ran_out_of_time = true;
+                data.quarantine.timed_out(data.phase, now);
+                UpdateDeadline::Interrupt
+            } else if data.lane_turn.take_fresh() {
+                // It has just been given the lane: it runs one tick.
+                UpdateDeadline::Continue(1)
+            } else if !long {
+                // Ticks are process-wide: a short call may meet one moments after it started, or
+                // after the OS let it wait; neither is CPU it used.
+                let wait = data.cpu.resume_after(tokio::task::yield_now());
+                UpdateDeadline::YieldCustom(1, Box::pin(wait))
+            } else {
+                if data.cpu.found_long() {
+                    tracing::debug!(
+                        plugin = %data.plugin,
+                        phase = data.phase.map_or("configure", Phase::name),
+                        cpu_us = used.as_micros(),
+                        wall_us = now.saturating_duration_since(data.call_started).as_micros(),
+                        "long-running plugin call: it runs in the slow lane"
+                    );
+                }
+                // Back here at once after the wait: with the lane it runs a tick (above); at its
+                // deadline it traps without running on.
+                let rest = rest_after_turn(data.long_call);
+                let wait = data.cpu.resume_after(data.lane_turn.next(deadline, rest));
+                UpdateDeadline::YieldCustom(0, Box::pin(wait))
+            },
+        )
     });
+}
+
+/// When the current call fails whatever CPU it used: its time limit plus [`WAIT_GRACE`] after it
+/// started.
+fn wall_deadline(data: &PluginStore) -> Instant {
+    data.call_started + data.time_limit + WAIT_GRACE
+}
+
+/// Runs `call`, a call into `store`'s instance, until its [wall deadline](wall_deadline). Epoch
+/// ticks end a call that runs; this ends one that waits in a host call (a WASI sleep), where no
+/// tick reaches it: its future is dropped, which unwinds the guest's stack, and the call ran out
+/// of time. Most calls end in their first poll, before any tick: the timer is set only for a call
+/// that waits, so theirs costs nothing.
+pub async fn within_deadline<T>(
+    store: &mut Store<PluginStore>,
+    call: impl AsyncFnOnce(&mut Store<PluginStore>) -> wasmtime::Result<T>,
+) -> wasmtime::Result<T> {
+    let deadline = wall_deadline(store.data());
+    let finished = {
+        let mut call = std::pin::pin!(call(store));
+        let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = call.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            let timer =
+                timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+            timer.as_mut().poll(cx).map(|()| None)
+        })
+        .await
+    };
+    finished.unwrap_or_else(|| {
+        let data = store.data_mut();
+        data.ran_out_of_time = true;
+        data.quarantine.timed_out(data.phase, Instant::now());
+        Err(Trap::Interrupt.into())
+    })
 }
 
 /// Starts the clocks and the output allowance of a call. A call whose phase's last calls all ran
@@ -395,7 +455,10 @@ pub fn begin_call(store: &mut Store<PluginStore>) {
     if !std::mem::replace(&mut data.in_flight, true) {
         ticker::call_begins();
     }
-    data.long_call = data.quarantine.long_call(data.phase, data.call_started);
+    data.long_call = match data.budget {
+        Budget::Serving => data.quarantine.long_call(data.phase, data.call_started),
+        Budget::Loading => Duration::MAX,
+    };
     data.output.refill();
     let first_tick = if data.long_call.is_zero() { 0 } else { 1 };
     store.set_epoch_deadline(first_tick);

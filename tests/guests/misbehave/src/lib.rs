@@ -1,9 +1,12 @@
 //! Test guest: a plugin that misbehaves on purpose, to test the sandbox's limits.
 //!
-//! Configuration: `{"phase": "access", "mode": "loop" | "grow" | "trap" | "scribble" | "ok",
-//! "when_header": "x-misbehave", "stdout_at_configure": false}`
+//! Configuration: `{"phase": "access", "mode": "loop" | "sleep" | "work" | "grow" | "trap" |
+//! "scribble" | "ok", "iterations": 0, "when_header": "x-misbehave", "stdout_at_configure": false}`
 //!
 //! - `loop` spins forever (the call deadline must stop it);
+//! - `sleep` sleeps an hour in a WASI call, using no CPU (the call deadline must stop it too,
+//!   although no epoch tick reaches a call waiting in the host);
+//! - `work` counts to `iterations` and returns: a healthy call that takes a few milliseconds;
 //! - `grow` allocates and touches 1 MiB after 1 MiB without end (the memory cap must stop it);
 //! - `trap` panics, which in wasm ends in an `unreachable` trap;
 //! - `flood` writes 5,000 log lines, each with embedded newlines that try to forge host log
@@ -19,7 +22,8 @@
 //! With `"stdout_at_configure": true`, `configure` prints a line to stdout, which leaves a WASI
 //! stream open in the host: such a plugin cannot be snapshotted after `configure`.
 //!
-//! It declares every request phase and misbehaves only in `phase` (default `access`), and, when
+//! It declares every request phase and misbehaves only in `phase` (default `access`; `configure`
+//! misbehaves in `configure` itself, so at load), and, when
 //! `when_header` is given, only for requests that carry that header, so the same plugin can serve
 //! a bad request and then a good one.
 
@@ -32,6 +36,8 @@ use tollgate_sdk::{Phase, PhaseResult, Plugin, log, request, response};
 #[serde(rename_all = "snake_case")]
 enum Mode {
     Loop,
+    Sleep,
+    Work,
     Grow,
     Trap,
     Flood,
@@ -46,6 +52,8 @@ struct Config {
     #[serde(default)]
     phase: Option<String>,
     mode: Mode,
+    #[serde(default)]
+    iterations: u64,
     #[serde(default)]
     when_header: Option<String>,
     #[serde(default)]
@@ -64,6 +72,7 @@ const SCRIBBLE: u8 = 0x5A;
 pub struct Misbehave {
     phase: Phase,
     mode: Mode,
+    iterations: u64,
     when_header: Option<String>,
 }
 
@@ -73,6 +82,10 @@ impl Plugin for Misbehave {
         let config: Config = serde_json::from_str(config)
             .map_err(|err| format!("invalid misbehave config: {err}"))?;
         let name = config.phase.as_deref().unwrap_or("access");
+        if name == "configure" {
+            misbehave(config.mode, config.iterations, name)
+                .map_err(|err| err.message().to_owned())?;
+        }
         let phase = Phase::from_name(name)
             .ok_or_else(|| format!("invalid misbehave config: unknown phase {name:?}"))?;
         if config.stdout_at_configure {
@@ -84,6 +97,7 @@ impl Plugin for Misbehave {
         Ok(Misbehave {
             phase,
             mode: config.mode,
+            iterations: config.iterations,
             when_header: config.when_header,
         })
     }
@@ -123,18 +137,34 @@ impl Misbehave {
         {
             return Ok(());
         }
-        match self.mode {
-            Mode::Loop => spin(),
-            Mode::Grow => grow(),
-            Mode::Trap => panic!("misbehave: trapping on purpose in {phase} phase"),
-            Mode::Flood => {
-                flood();
-                Ok(())
+        misbehave(self.mode, self.iterations, &format!("{phase} phase"))
+    }
+}
+
+/// Misbehaves as `mode` says, in the call named `call`.
+fn misbehave(mode: Mode, iterations: u64, call: &str) -> PhaseResult {
+    match mode {
+        Mode::Loop => spin(),
+        Mode::Work => {
+            let mut counter: u64 = 0;
+            while counter < iterations {
+                counter = std::hint::black_box(counter + 1);
             }
-            Mode::Headers => many_headers(),
-            Mode::Scribble => scribble(),
-            Mode::Ok => Ok(()),
+            Ok(())
         }
+        Mode::Sleep => {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            Ok(())
+        }
+        Mode::Grow => grow(),
+        Mode::Trap => panic!("misbehave: trapping on purpose in {call}"),
+        Mode::Flood => {
+            flood();
+            Ok(())
+        }
+        Mode::Headers => many_headers(),
+        Mode::Scribble => scribble(),
+        Mode::Ok => Ok(()),
     }
 }
 
