@@ -1,7 +1,7 @@
 //! The sandbox's promises, through the `tollgate` binary started as a user starts it: a looping,
 //! sleeping, memory-hungry, log-flooding or header-flooding plugin fails only its own calls,
-//! within its limits, while other routes keep being served; a gateway out of instance slots answers 503 at
-//! once; SIGTERM ends the process while a plugin loops.
+//! within its limits, while other routes keep being served; a gateway out of instance slots
+//! answers 503 at once; SIGTERM ends the process while a plugin loops.
 //!
 //! Nothing here keeps a runtime alive on the process's behalf: the gateway under test is a child
 //! process, so a dead epoch ticker or a limit that only a test harness enforces shows up as a
