@@ -348,26 +348,36 @@ fn broken_plugin_files_are_refused_by_tollgate_test() {
 fn a_plugin_misbehaving_in_configure_is_refused_at_load_naming_the_plugin_and_its_limit() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::copy(guests::MISBEHAVE, dir.path().join("misbehave.wasm")).expect("plugin copied");
+    // (mode, time limit, where the problem is placed, what it says). Touching 16 MiB takes tens
+    // of milliseconds of page faults on a VM: the memory hog gets time to reach its cap.
     let cases = [
         (
             "loop",
+            "100ms",
             "9:14: plugins[0].time_limit",
             "exceeded its time limit of 100ms",
         ),
-        // A sleep waits in the host, where no epoch tick reaches it.
+        // A sleep waits in the host, where no epoch tick reaches it: it ends after the 5 s grace.
         (
             "sleep",
+            "100ms",
             "9:14: plugins[0].time_limit",
             "exceeded its time limit of 100ms",
         ),
         (
             "grow",
+            "10s",
             "8:16: plugins[0].memory_limit",
             "exceeded its memory limit of 16777216 bytes",
         ),
-        ("trap", "7:10: plugins[0].config", "trapped: wasm trap"),
+        (
+            "trap",
+            "100ms",
+            "7:10: plugins[0].config",
+            "trapped: wasm trap",
+        ),
     ];
-    for (mode, field, says) in cases {
+    for (mode, time_limit, field, says) in cases {
         let config = format!(
             r#"[[listeners]]
 address = "127.0.0.1:0"
@@ -377,7 +387,7 @@ name = "edge-auth"
 path = "misbehave.wasm"
 config = {{ phase = "configure", mode = "{mode}" }}
 memory_limit = "16MiB"
-time_limit = "100ms"
+time_limit = "{time_limit}"
 "#
         );
         std::fs::write(dir.path().join("tollgate.toml"), config).expect("config written");

@@ -26,6 +26,13 @@ pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_millis(100);
 /// for at most its time limit plus this.
 pub const WAIT_GRACE: Duration = Duration::from_millis(500);
 
+/// [`WAIT_GRACE`] for calls at load (instantiation, `configure` for the snapshot, asking a plugin
+/// its phases): no request waits on them, and a gateway starting on a machine busy with other
+/// work (a CI runner compiling, several gateways starting at once) must not refuse a healthy
+/// plugin, so they are forgiven more waiting. A plugin that sleeps in `configure` delays the
+/// start or the reload by this much before it is refused.
+pub const LOAD_WAIT_GRACE: Duration = Duration::from_secs(5);
+
 /// Default cap on one plugin instance's linear memories, all together.
 pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
 

@@ -15,7 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::call_cpu::{CallCpu, Reading};
 use super::capacity::Capacity;
-use super::engine::{MAX_TABLE_ELEMENTS, TABLE_ELEMENT_BYTES, WAIT_GRACE};
+use super::engine::{LOAD_WAIT_GRACE, MAX_TABLE_ELEMENTS, TABLE_ELEMENT_BYTES, WAIT_GRACE};
 use super::output::{OutputBudget, PluginOutput};
 use super::slow_lane::{LaneTurn, Quarantine, rest_after_turn};
 use super::ticker;
@@ -408,9 +408,13 @@ pub fn install_limits(store: &mut Store<PluginStore>) {
 }
 
 /// When the current call fails whatever CPU it used: its time limit plus [`WAIT_GRACE`] after it
-/// started.
+/// started ([`LOAD_WAIT_GRACE`] at load).
 fn wall_deadline(data: &PluginStore) -> Instant {
-    data.call_started + data.time_limit + WAIT_GRACE
+    let grace = match data.budget {
+        Budget::Serving => WAIT_GRACE,
+        Budget::Loading => LOAD_WAIT_GRACE,
+    };
+    data.call_started + data.time_limit + grace
 }
 
 /// Runs `call`, a call into `store`'s instance, until its [wall deadline](wall_deadline). Epoch
