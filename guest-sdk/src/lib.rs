@@ -162,8 +162,11 @@ pub type PhaseResult = Result<(), PhaseError>;
 /// A Tollgate plugin. Implement only the phases you need, in a block marked
 /// [`#[plugin]`](plugin): the phases it implements are the ones the gateway runs it in.
 ///
-/// The gateway makes a fresh instance per request (and per connection for `certificate`) and
-/// calls [`Plugin::configure`] in it first, so `configure` should be quick and deterministic.
+/// The gateway runs [`Plugin::configure`] once when it loads the plugin and snapshots the
+/// configured instance; each request (and each connection, for `certificate`) gets a fresh
+/// instance started from that snapshot. A plugin the snapshot cannot carry (one that left a WASI
+/// stream open in `configure`) has `configure` run in every instance, so keep it quick and
+/// deterministic, and never sleep in it: it has the plugin's time limit, like any call.
 /// The phase methods of one request run on that one value, so they take `&mut self`: a field
 /// set in `access` is there in `log`, with no `RefCell` and no round trip through the context.
 pub trait Plugin: Sized + 'static {
