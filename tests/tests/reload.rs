@@ -2,7 +2,8 @@
 //! keep-alive and new-connection traffic (plaintext and TLS), the config changes several times
 //! (routes, a plugin's config, a plugin file's content, the server certificate, a listener added
 //! and removed), by SIGHUP and by `tollgate reload`; no request fails and responses switch to the
-//! new behaviour. A broken config changes nothing and is reported with file, line and field.
+//! new behaviour. A broken config (a junk or missing plugin file, a plugin that loops in
+//! `configure`) changes nothing and is reported with file, line and field.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -323,6 +324,27 @@ async fn reloads_under_load_drop_nothing_and_switch_behaviour() {
             .iter()
             .any(|l| l.contains("reload failed") && l.contains("plugins[0].path")),
         "the missing file is reported"
+    );
+    // A plugin that loops in `configure`: the reload fails at its time limit, at full speed (no
+    // request waits on a load), while the load goes on being served.
+    std::fs::copy(guests::SCRIPTED, path.join("plugin.wasm")).expect("plugin copied");
+    let stuck = format!(
+        "{}\n[[plugins]]\nname = \"stuck\"\npath = \"{}\"\n\
+         config = {{ phase = \"configure\", mode = \"loop\" }}\ntime_limit = \"100ms\"\n",
+        config(echo, 8, false, ""),
+        guests::MISBEHAVE
+    );
+    std::fs::write(&gateway.config, &stuck).expect("config written");
+    gateway.signal("HUP");
+    tokio::task::block_in_place(|| {
+        wait_for_count(&gateway, "reload failed, the running config stays", 3);
+    });
+    assert!(
+        gateway.stderr().iter().any(|l| l.contains("reload failed")
+            && l.contains("plugins[2].time_limit")
+            && l.contains("plugin stuck failed in configure: exceeded its time limit of 100ms")),
+        "the looping configure is reported at its time limit:\n{}",
+        gateway.stderr().join("\n")
     );
     let reply = get(http, "/gen5").await;
     assert_eq!(reply.status, 200, "generation 5 still serves");
