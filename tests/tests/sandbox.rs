@@ -484,3 +484,81 @@ async fn an_idle_gateway_leaves_the_epoch_ticker_parked() {
         "{wake_ups} wake-ups of the idle ticker in 3 s (ticking would be 3,000)"
     );
 }
+
+/// A plugin that imports from WASI only what Rust's panic path needs is componentized with the
+/// gateway's small WASI adapter: what it prints still reaches the log as its stdout and stderr,
+/// and a panic's message too, next to the 500 of its failed call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_on_the_small_wasi_adapter_still_writes_to_the_log_and_says_why_it_panicked() {
+    let module = std::fs::read(guests::HEADER_STAMP).unwrap();
+    assert!(
+        tollgate::runtime::gets_small_adapter(&module),
+        "header-stamp must import no more of WASI than the small adapter provides"
+    );
+    let misbehave = std::fs::read(guests::MISBEHAVE).unwrap();
+    assert!(
+        !tollgate::runtime::gets_small_adapter(&misbehave),
+        "misbehave sleeps (poll_oneoff): the standard adapter"
+    );
+    let echo = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+
+[[services]]
+name = "echo"
+targets = ["{echo}"]
+
+[[routes]]
+name = "say"
+paths = ["/say"]
+service = "echo"
+
+[[routes]]
+name = "panic"
+paths = ["/panic"]
+service = "echo"
+
+[[plugins]]
+name = "sayer"
+path = "{stamp}"
+route = "say"
+config = {{ say = "hello from the small adapter" }}
+
+[[plugins]]
+name = "panicker"
+path = "{stamp}"
+route = "panic"
+config = {{ panic = true }}
+"#,
+        stamp = guests::HEADER_STAMP
+    );
+    let gateway = Tollgate::run(dir.path(), &config);
+    let addr = gateway.addr("http");
+    let said = get(addr, "/say").await;
+    assert_eq!(said.status, 200);
+    assert_eq!(said.header("x-stamp"), Some("1"));
+    // Rust's stderr is unbuffered: `eprintln!` writes its pieces one by one, and each write
+    // ends a log line (as with the standard adapter), so the text is a line of its own there.
+    for stream in ["stdout", "stderr"] {
+        assert!(
+            gateway.wait_for_stderr(Duration::from_secs(5), |line| {
+                line.contains("hello from the small adapter")
+                    && line.contains("plugin=sayer")
+                    && line.contains(&format!("stream=\"{stream}\""))
+            }),
+            "the plugin's {stream} reached the log:\n{}",
+            gateway.stderr().join("\n")
+        );
+    }
+    assert_eq!(get(addr, "/panic").await.status, 500);
+    assert!(
+        gateway.wait_for_stderr(Duration::from_secs(5), |line| {
+            line.contains("header-stamp panics on purpose") && line.contains("plugin=panicker")
+        }),
+        "the panic message reached the log:\n{}",
+        gateway.stderr().join("\n")
+    );
+}

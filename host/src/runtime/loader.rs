@@ -18,6 +18,7 @@ use wasmtime::component::Component;
 
 use super::bindings::{HANDLER_EXPORT, OLDER_WIT_VERSIONS, WIT_PACKAGE, WIT_VERSION};
 use super::error::{ComponentizeError, LoadError};
+use super::small_adapter;
 
 /// What kind of wasm a file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,13 +73,16 @@ pub fn componentize(module: &[u8], path: &Path) -> Result<Vec<u8>, LoadError> {
         path: path.to_path_buf(),
         source,
     };
+    // A module that imports only what Rust's panic path needs gets the small adapter.
+    let adapter = if gets_small_adapter(module) {
+        small_adapter::bytes()
+    } else {
+        WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER
+    };
     let encode = || {
         wit_component::ComponentEncoder::default()
             .module(module)?
-            .adapter(
-                WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
-                WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
-            )?
+            .adapter(WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, adapter)?
             .validate(true)
             .encode()
     };
@@ -90,6 +94,26 @@ pub fn componentize(module: &[u8], path: &Path) -> Result<Vec<u8>, LoadError> {
             panic_message(&*panic).to_owned(),
         ))),
     }
+}
+
+/// Whether componentizing the core module `module` links in the small WASI adapter (it imports
+/// from WASI preview 1 only what Rust's panic path needs) instead of the standard one.
+pub fn gets_small_adapter(module: &[u8]) -> bool {
+    small_adapter::suffices(preview1_imports(module))
+}
+
+/// The names of the WASI preview 1 functions a (validated) core module imports.
+fn preview1_imports(module: &[u8]) -> impl Iterator<Item = &str> {
+    wasmparser::Parser::new(0)
+        .parse_all(module)
+        .filter_map(|payload| match payload {
+            Ok(wasmparser::Payload::ImportSection(section)) => Some(section),
+            _ => None,
+        })
+        .flat_map(|section| section.into_imports())
+        .filter_map(|import| import.ok())
+        .filter(|import| import.module == small_adapter::MODULE)
+        .map(|import| import.name)
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {

@@ -22,6 +22,7 @@ mod instance;
 mod loader;
 mod output;
 mod slow_lane;
+mod small_adapter;
 mod snapshot;
 mod store;
 mod ticker;
@@ -40,7 +41,7 @@ pub use self::engine::{DEFAULT_MEMORY_LIMIT, DEFAULT_TIME_LIMIT, MAX_MEMORY_LIMI
 pub use self::error::{ComponentizeError, LoadError, PluginError, PluginFault, Stage};
 pub use self::host_api::NOT_TLS;
 pub use self::instance::{PhaseCall, PluginInstance};
-pub use self::loader::{WasmKind, componentize, wasm_kind};
+pub use self::loader::{WasmKind, componentize, gets_small_adapter, wasm_kind};
 pub use self::slow_lane::STRAIGHT_TO_LANE_AFTER;
 pub use self::store::HostCall;
 use self::store::{Budget, PluginStore};
