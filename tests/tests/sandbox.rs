@@ -502,15 +502,9 @@ async fn a_plugin_on_the_small_wasi_adapter_still_writes_to_the_log_and_says_why
     );
     let echo = echo_upstream().await;
     let dir = tempfile::tempdir().unwrap();
+    // The sandbox config (its `/bad` route's plugin does nothing), and two routes of this test.
     let config = format!(
-        r#"[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-
-[[services]]
-name = "echo"
-targets = ["{echo}"]
-
+        r#"{}
 [[routes]]
 name = "say"
 paths = ["/say"]
@@ -533,6 +527,7 @@ path = "{stamp}"
 route = "panic"
 config = {{ panic = true }}
 "#,
+        config(echo, "", "ok", ""),
         stamp = guests::HEADER_STAMP
     );
     let gateway = Tollgate::run(dir.path(), &config);
