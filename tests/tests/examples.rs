@@ -45,6 +45,25 @@ async fn c_min_chain() {
     assert!(assert_scenarios_pass("c-min-chain").await >= 2);
 }
 
+/// The Rust and C examples import from WASI preview 1 only what Rust's panic path and C's stdio
+/// need, so the gateway componentizes them with its small WASI adapter (their scenario tests
+/// above run on it); the Python example comes as a component with its own.
+#[test]
+fn rust_and_c_examples_get_the_small_wasi_adapter() {
+    for example in [
+        "tls-handshake-modifier",
+        "mtls-auth",
+        "tls-metadata-headers",
+        "c-min-chain",
+    ] {
+        let module = std::fs::read(plugin_path(example)).expect("example built");
+        assert!(
+            tollgate::runtime::gets_small_adapter(&module),
+            "{example} imports more of WASI than the small adapter provides"
+        );
+    }
+}
+
 /// The Rust and C examples start their instances from a snapshot taken after `configure`; the
 /// Python one loads either way (a snapshot of componentize-py output, or `configure` in every
 /// instance when wizer cannot take one).

@@ -1,11 +1,13 @@
 //! A WASI preview 1 adapter for plugins that import only what the Rust standard library's panic
-//! path needs: `environ_get` and `environ_sizes_get` (it reads `RUST_BACKTRACE`), `fd_write`
-//! (the panic message) and `proc_exit`. Componentizing such a module with the standard adapter
-//! links in all of WASI preview 1 (its core instances, the shims between it and the module, its
-//! imports), which measured 3–4 µs of an instance's 11–14 µs (docs/benchmarks.md). This one is
-//! four functions: the environment is empty, as the sandbox's is; `fd_write` on stdout and stderr
-//! writes to the same WASI streams the standard adapter would (so the output reaches the log as
-//! the plugin's, within its per-call allowance); `proc_exit` traps, as exiting in a call does.
+//! path needs (`environ_get` and `environ_sizes_get`, for `RUST_BACKTRACE`; `fd_write`, for the
+//! message; `proc_exit`) and what C's stdio adds to it (`fd_seek`, `fd_close`). Componentizing
+//! such a module with the standard adapter links in all of WASI preview 1 (its core instances,
+//! the shims between it and the module, its imports), which measured 3–4 µs of an instance's
+//! 11–14 µs (docs/benchmarks.md). This one is six functions: the environment is empty, as the
+//! sandbox's is; `fd_write` on stdout and stderr writes to the same WASI streams the standard
+//! adapter would (so the output reaches the log as the plugin's, within its per-call allowance);
+//! stdout and stderr cannot seek, and closing them is a no-op; `proc_exit` traps, as exiting in a
+//! call does.
 //!
 //! Each `fd_write` opens its stream and drops it before it returns, so no WASI resource outlives
 //! the call and a plugin that writes in `configure` can still be snapshotted.
@@ -23,7 +25,14 @@ use wit_component::{StringEncoding, embed_component_metadata};
 pub const MODULE: &str = "wasi_snapshot_preview1";
 
 /// The preview 1 functions this adapter provides.
-pub const PROVIDES: [&str; 4] = ["environ_get", "environ_sizes_get", "fd_write", "proc_exit"];
+pub const PROVIDES: [&str; 6] = [
+    "environ_get",
+    "environ_sizes_get",
+    "fd_write",
+    "proc_exit",
+    "fd_seek",
+    "fd_close",
+];
 
 /// The parts of WASI 0.2 the adapter imports (the host provides all of them, at a
 /// semver-compatible version), and its world: one package each, in dependency order.
@@ -67,6 +76,7 @@ const MAX_WRITE: i32 = 4096;
 const ERRNO_SUCCESS: i32 = 0;
 const ERRNO_BADF: i32 = 8;
 const ERRNO_IO: i32 = 29;
+const ERRNO_SPIPE: i32 = 70;
 
 // Function indices: the imports first, in this order, then the adapter's own.
 const GET_STDOUT: u32 = 0;
@@ -96,6 +106,11 @@ fn build() -> Vec<u8> {
     types.ty().function([ValType::I32], []); // 2: resource drops, proc_exit
     types.ty().function([ValType::I32; 4], [ValType::I32]); // 3: cabi_realloc, fd_write
     types.ty().function([ValType::I32; 2], [ValType::I32]); // 4: environ_get, environ_sizes_get
+    types.ty().function(
+        [ValType::I32, ValType::I64, ValType::I32, ValType::I32],
+        [ValType::I32],
+    ); // 5: fd_seek
+    types.ty().function([ValType::I32], [ValType::I32]); // 6: fd_close
     module.section(&types);
 
     let mut imports = ImportSection::new();
@@ -140,7 +155,7 @@ fn build() -> Vec<u8> {
     module.section(&imports);
 
     let mut functions = FunctionSection::new();
-    for ty in [4, 4, 3, 2] {
+    for ty in [4, 4, 3, 2, 5, 6] {
         functions.function(ty);
     }
     module.section(&functions);
@@ -169,6 +184,8 @@ fn build() -> Vec<u8> {
     code.function(&environ_sizes_get());
     code.function(&fd_write());
     code.function(&proc_exit());
+    code.function(&fd_seek());
+    code.function(&fd_close());
     module.section(&code);
 
     let mut bytes = module.finish();
@@ -230,6 +247,41 @@ fn environ_sizes_get() -> Function {
 fn proc_exit() -> Function {
     let mut f = Function::new([]);
     f.instruction(&Instruction::Unreachable);
+    f.instruction(&Instruction::End);
+    f
+}
+
+/// `fd_seek(fd, offset, whence, newoffset)`: stdout and stderr are streams; nothing else is open.
+fn fd_seek() -> Function {
+    let mut f = Function::new([]);
+    f.instruction(&Instruction::LocalGet(0));
+    f.instruction(&Instruction::I32Const(1));
+    f.instruction(&Instruction::I32Sub);
+    f.instruction(&Instruction::I32Const(2));
+    f.instruction(&Instruction::I32LtU);
+    f.instruction(&Instruction::If(BlockType::Result(ValType::I32)));
+    f.instruction(&Instruction::I32Const(ERRNO_SPIPE));
+    f.instruction(&Instruction::Else);
+    f.instruction(&Instruction::I32Const(ERRNO_BADF));
+    f.instruction(&Instruction::End);
+    f.instruction(&Instruction::End);
+    f
+}
+
+/// `fd_close(fd)`: stdout and stderr hold nothing between writes, so closing them does nothing;
+/// nothing else is open.
+fn fd_close() -> Function {
+    let mut f = Function::new([]);
+    f.instruction(&Instruction::LocalGet(0));
+    f.instruction(&Instruction::I32Const(1));
+    f.instruction(&Instruction::I32Sub);
+    f.instruction(&Instruction::I32Const(2));
+    f.instruction(&Instruction::I32LtU);
+    f.instruction(&Instruction::If(BlockType::Result(ValType::I32)));
+    f.instruction(&Instruction::I32Const(ERRNO_SUCCESS));
+    f.instruction(&Instruction::Else);
+    f.instruction(&Instruction::I32Const(ERRNO_BADF));
+    f.instruction(&Instruction::End);
     f.instruction(&Instruction::End);
     f
 }
