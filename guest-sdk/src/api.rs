@@ -85,6 +85,21 @@ pub mod client_tls {
         }))
     }
 
+    /// The leaf's PEM, URL-encoded as nginx's `$ssl_client_escaped_cert` is (RFC 3986's
+    /// unreserved characters kept, all else `%XX`): ready for a header. The gateway encodes it
+    /// once per connection, so forwarding it costs a plugin a copy, not an encoder. `None`
+    /// exactly when [`get_full_client_certificate_chain`] is `None`.
+    /// Phases: rewrite, access, balancer, header_filter, body_filter, log.
+    pub fn get_escaped_client_certificate() -> Result<Option<String>, Error> {
+        lift(host::client_tls::get_escaped_client_certificate())
+    }
+
+    /// [`get_full_client_certificate_chain`], URL-encoded the same way; encoded once per
+    /// connection. Phases: rewrite, access, balancer, header_filter, body_filter, log.
+    pub fn get_escaped_full_client_certificate_chain() -> Result<Option<String>, Error> {
+        lift(host::client_tls::get_escaped_full_client_certificate_chain())
+    }
+
     /// Overrides `client_verify` in this request's log entry: `SUCCESS`, `NONE` or
     /// `FAILED:<reason>`. Phases: rewrite, access, balancer.
     pub fn set_client_verify(value: &str) -> Result<(), Error> {

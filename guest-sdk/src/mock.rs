@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use tollgate_phases::{
     ClientCertificate, ClientVerify, HostFunction, InvalidArgument, Phase, SubjectAltName, Target,
+    escape_pem,
 };
 
 use crate::api::bindings::tollgate::plugin::client_tls::{
@@ -293,6 +294,23 @@ pub(crate) mod host {
                 };
                 let leaf = ClientCertificate::from_chain_pem(chain).map_err(invalid)?;
                 Ok(leaf.map(wit_certificate))
+            })
+        }
+
+        /// The leaf's PEM as `get_client_certificate` has it, escaped by the gateway's code.
+        pub fn get_escaped_client_certificate() -> Result<Option<String>, HostError> {
+            call(HostFunction::GetEscapedClientCertificate, |host| {
+                let Some(chain) = tls(host)?.client_chain_pem.as_deref() else {
+                    return Ok(None);
+                };
+                let leaf = ClientCertificate::from_chain_pem(chain).map_err(invalid)?;
+                Ok(leaf.map(|leaf| escape_pem(&leaf.pem)))
+            })
+        }
+
+        pub fn get_escaped_full_client_certificate_chain() -> Result<Option<String>, HostError> {
+            call(HostFunction::GetEscapedFullClientCertificateChain, |host| {
+                Ok(tls(host)?.client_chain_pem.as_deref().map(escape_pem))
             })
         }
 

@@ -78,6 +78,22 @@ impl ClientCertificate {
 #[cfg(feature = "x509")]
 pub use read::certificate_pem;
 
+/// PEM as nginx's `$ssl_client_escaped_cert` and the `Cert=`/`Chain=` of Envoy's
+/// `x-forwarded-client-cert` spell it, ready for a header value: RFC 3986's unreserved characters
+/// (`A-Z a-z 0-9 - . _ ~`) kept, every other byte `%XX` with upper-case hex, as `ngx.escape_uri`
+/// writes it. What `client-tls.get-escaped-client-certificate` and
+/// `get-escaped-full-client-certificate-chain` return.
+#[cfg(feature = "x509")]
+pub fn escape_pem(pem: &str) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const RESERVED: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    utf8_percent_encode(pem, RESERVED).to_string()
+}
+
 #[cfg(feature = "x509")]
 mod read {
     use std::fmt::Write as _;
@@ -296,6 +312,27 @@ mod tests {
     use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 
     use super::*;
+
+    #[test]
+    fn escaped_pem_is_spelled_as_nginx_escapes_a_certificate() {
+        assert_eq!(
+            escape_pem("-----BEGIN CERTIFICATE-----\nMIIB+x/9a-._~=\n"),
+            "-----BEGIN%20CERTIFICATE-----%0AMIIB%2Bx%2F9a-._~%3D%0A"
+        );
+        assert_eq!(escape_pem("é"), "%C3%A9");
+        // Every ASCII byte, against the rule written out by hand (`ngx.escape_uri`'s).
+        let every_ascii: String = (0u8..0x80).map(char::from).collect();
+        let by_hand: String = every_ascii
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        assert_eq!(escape_pem(&every_ascii), by_hand);
+    }
 
     fn facts(params: CertificateParams) -> ClientCertificate {
         let key = KeyPair::generate().expect("key");

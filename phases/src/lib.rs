@@ -40,9 +40,9 @@ mod status;
 mod target;
 
 pub use body::{MAX_PLUGIN_BODY, check_body};
-#[cfg(feature = "x509")]
-pub use client_certificate::certificate_pem;
 pub use client_certificate::{ClientCertificate, SubjectAltName};
+#[cfg(feature = "x509")]
+pub use client_certificate::{certificate_pem, escape_pem};
 pub use client_verify::{ClientVerify, InvalidClientVerify};
 pub use context::{MAX_CONTEXT_ENTRIES, MAX_CONTEXT_VALUE, check_context_set};
 pub use error::InvalidArgument;

@@ -162,6 +162,10 @@ pub enum HostFunction {
     GetFullClientCertificateChain,
     /// `client-tls.get-client-certificate`
     GetClientCertificate,
+    /// `client-tls.get-escaped-client-certificate`
+    GetEscapedClientCertificate,
+    /// `client-tls.get-escaped-full-client-certificate-chain`
+    GetEscapedFullClientCertificateChain,
     /// `client-tls.set-client-verify`
     SetClientVerify,
     /// `client-tls.verify-client-chain`
@@ -235,11 +239,13 @@ const RESPONSE: PhaseSet = PhaseSet::of(&[HeaderFilter, BodyFilter, Log]);
 
 impl HostFunction {
     /// Every host function, in WIT order.
-    pub const ALL: [HostFunction; 32] = [
+    pub const ALL: [HostFunction; 34] = [
         HostFunction::RequestClientCertificate,
         HostFunction::DisableSessionReuse,
         HostFunction::GetFullClientCertificateChain,
         HostFunction::GetClientCertificate,
+        HostFunction::GetEscapedClientCertificate,
+        HostFunction::GetEscapedFullClientCertificateChain,
         HostFunction::SetClientVerify,
         HostFunction::VerifyClientChain,
         HostFunction::Sni,
@@ -278,9 +284,12 @@ impl HostFunction {
             HostFunction::RequestClientCertificate | HostFunction::DisableSessionReuse => {
                 PhaseSet::of(&[Certificate])
             }
-            // The leaf's facts are read from the chain: wherever the chain is, and nowhere else.
+            // The leaf's facts and the escaped PEM are read from the chain: wherever the chain
+            // is, and nowhere else.
             HostFunction::GetFullClientCertificateChain
             | HostFunction::GetClientCertificate
+            | HostFunction::GetEscapedClientCertificate
+            | HostFunction::GetEscapedFullClientCertificateChain
             | HostFunction::VerifyClientChain => PhaseSet::REQUEST,
             HostFunction::SetClientVerify => PhaseSet::of(&[Rewrite, Access, Balancer]),
 
@@ -326,6 +335,12 @@ impl HostFunction {
                 "client-tls.get-full-client-certificate-chain"
             }
             HostFunction::GetClientCertificate => "client-tls.get-client-certificate",
+            HostFunction::GetEscapedClientCertificate => {
+                "client-tls.get-escaped-client-certificate"
+            }
+            HostFunction::GetEscapedFullClientCertificateChain => {
+                "client-tls.get-escaped-full-client-certificate-chain"
+            }
             HostFunction::SetClientVerify => "client-tls.set-client-verify",
             HostFunction::VerifyClientChain => "client-tls.verify-client-chain",
             HostFunction::Sni => "connection.sni",
@@ -437,18 +452,23 @@ mod tests {
 
     #[test]
     fn client_certificate_facts_are_allowed_exactly_where_the_chain_is() {
-        assert_eq!(
-            HostFunction::GetClientCertificate.allowed_phases(),
-            HostFunction::GetFullClientCertificateChain.allowed_phases()
-        );
-        let err = HostFunction::GetClientCertificate
-            .check(Phase::Certificate)
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "function cannot be called in certificate phase \
-             (only in: rewrite, access, balancer, header_filter, body_filter, log)"
-        );
+        for function in [
+            HostFunction::GetClientCertificate,
+            HostFunction::GetEscapedClientCertificate,
+            HostFunction::GetEscapedFullClientCertificateChain,
+        ] {
+            assert_eq!(
+                function.allowed_phases(),
+                HostFunction::GetFullClientCertificateChain.allowed_phases(),
+                "{function:?}"
+            );
+            let err = function.check(Phase::Certificate).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "function cannot be called in certificate phase \
+                 (only in: rewrite, access, balancer, header_filter, body_filter, log)"
+            );
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@
 
 use serde_json::{Value, json};
 use tollgate::runtime::Runtime;
-use tollgate::testing::{Harness, Scenario, ScenarioError};
+use tollgate::testing::{Harness, Scenario, ScenarioError, ScenarioReport};
 use tollgate_phases::{MAX_CONTEXT_VALUE, MAX_HEADERS};
 use tollgate_sdk::mock::{self, MockHost, MockTls};
 use tollgate_sdk::{Phase, balancer, client_tls, context, request, response};
@@ -364,6 +364,39 @@ fn facts_json(leaf: &tollgate_sdk::ClientCertificate) -> Value {
     })
 }
 
+/// Runs the scripted guest in the harness: one TLS connection whose client sent `chain_file`,
+/// one request to `/`, and `actions` (phase name to steps) as the plugin's configuration.
+async fn run_scripted_on_chain(
+    actions: serde_json::Map<String, Value>,
+    chain_file: &std::path::Path,
+) -> ScenarioReport {
+    let text = format!(
+        "[plugin]\nconfig = {}\n[connection]\ntls = true\nclient_chain = {}\n\
+         [[requests]]\npath = \"/\"\n",
+        json_to_toml_inline(&json!({ "actions": actions })),
+        toml_string(&chain_file.display().to_string()),
+    );
+    let scenario = Scenario::from_toml_str(&text, ".").expect("the scenario parses");
+    let harness = Harness::new(Runtime::new().unwrap());
+    harness.run(guests::SCRIPTED, &scenario).await.unwrap()
+}
+
+/// What the gateway answered to `function` in `phase`: in the connection's certificate phase, or
+/// in the first request's other phases.
+fn host_answers<'a>(report: &'a ScenarioReport, phase: Phase, function: &str) -> Vec<&'a str> {
+    let connection = &report.connections[0];
+    if phase == Phase::Certificate {
+        connection
+            .certificate_calls()
+            .into_iter()
+            .filter(|c| c.function == function)
+            .map(|c| c.result.as_str())
+            .collect()
+    } else {
+        connection.requests[0].call_results(phase, function)
+    }
+}
+
 /// `client-tls.get-client-certificate` in every phase: the host (the scripted guest, on a
 /// scenario whose connection presents a client chain, so the harness computes the facts
 /// natively) and the SDK's mock (on the same chain) give the same phase answers and the same
@@ -382,30 +415,12 @@ async fn get_client_certificate_answers_alike_in_host_harness_and_mock() {
         };
         actions.insert(phase.name().to_owned(), steps);
     }
-    let text = format!(
-        "[plugin]\nconfig = {}\n[connection]\ntls = true\nclient_chain = {}\n\
-         [[requests]]\npath = \"/\"\n",
-        json_to_toml_inline(&json!({ "actions": actions })),
-        toml_string(&files.client_chain.display().to_string()),
-    );
-    let scenario = Scenario::from_toml_str(&text, ".").expect("the scenario parses");
-    let harness = Harness::new(Runtime::new().unwrap());
-    let report = harness.run(guests::SCRIPTED, &scenario).await.unwrap();
-    let connection = &report.connections[0];
-    let request = &connection.requests[0];
+    let report = run_scripted_on_chain(actions, &files.client_chain).await;
+    let request = &report.connections[0].requests[0];
     let chain = pki.client_chain_pem();
 
     for phase in Phase::ALL {
-        let host: Vec<&str> = if phase == Phase::Certificate {
-            connection
-                .certificate_calls()
-                .into_iter()
-                .filter(|c| c.function == "client-tls.get-client-certificate")
-                .map(|c| c.result.as_str())
-                .collect()
-        } else {
-            request.call_results(phase, "client-tls.get-client-certificate")
-        };
+        let host = host_answers(&report, phase, "client-tls.get-client-certificate");
         assert_eq!(host.len(), 1, "{phase}: {host:?}\n{report}");
         mock::install(MockHost {
             phase,
@@ -449,5 +464,122 @@ async fn get_client_certificate_answers_alike_in_host_harness_and_mock() {
     assert_eq!(
         mocked.pem,
         tollgate_tests::pki::pem_chain(&[pki.leaf.der()])
+    );
+}
+
+/// `get-escaped-client-certificate` and `get-escaped-full-client-certificate-chain` (0.3.0): in
+/// every phase the gateway (through the harness) and the mock give the same answer, refused in
+/// `certificate` with the same message, and in `access` the same URL-encoded PEM, which decodes
+/// to the leaf and to the chain as the client sent them.
+#[tokio::test]
+async fn escaped_client_certificate_and_chain_answer_alike_in_host_harness_and_mock() {
+    let pki = tollgate_tests::TestPki::new();
+    let (_dir, files) = pki.write_temp().unwrap();
+    let calls = [
+        (
+            "get_escaped_client_certificate",
+            "client-tls.get-escaped-client-certificate",
+            "x-escaped-leaf",
+        ),
+        (
+            "get_escaped_full_client_certificate_chain",
+            "client-tls.get-escaped-full-client-certificate-chain",
+            "x-escaped-chain",
+        ),
+    ];
+    let mut actions = serde_json::Map::new();
+    for phase in Phase::ALL {
+        let mut steps = Vec::new();
+        if phase == Phase::Certificate {
+            steps.push(json!({ "call": "request_client_certificate" }));
+        }
+        for (call, _, header) in calls {
+            steps.push(match phase {
+                Phase::Access => json!({ "call": call, "to_header": header }),
+                _ => json!({ "call": call }),
+            });
+        }
+        actions.insert(phase.name().to_owned(), Value::Array(steps));
+    }
+    let report = run_scripted_on_chain(actions, &files.client_chain).await;
+    let request = &report.connections[0].requests[0];
+    let chain = pki.client_chain_pem();
+
+    let mock_answer = |phase, function: &str| {
+        mock::install(MockHost {
+            phase,
+            tls: Some(MockTls::with_chain(&chain)),
+            ..MockHost::default()
+        });
+        let answer = match function {
+            "client-tls.get-escaped-client-certificate" => {
+                client_tls::get_escaped_client_certificate()
+            }
+            _ => client_tls::get_escaped_full_client_certificate_chain(),
+        };
+        match answer {
+            Ok(Some(_)) => "ok: Some".to_owned(),
+            Ok(None) => "ok: None".to_owned(),
+            Err(err) => format!("error: {err}"),
+        }
+    };
+    for phase in Phase::ALL {
+        for (_, function, _) in calls {
+            let host = host_answers(&report, phase, function);
+            assert_eq!(host.len(), 1, "{phase} {function}: {host:?}\n{report}");
+            let mocked = mock_answer(phase, function);
+            assert!(
+                host[0].starts_with(&mocked),
+                "{phase} {function}: {} vs {mocked}",
+                host[0]
+            );
+            assert_eq!(
+                phase == Phase::Certificate,
+                mocked.starts_with("error: function cannot be called in certificate phase"),
+                "{phase} {function}: {mocked}"
+            );
+        }
+    }
+
+    let forwarded = |name| {
+        request
+            .upstream_request
+            .as_ref()
+            .and_then(|up| up.header(name))
+            .unwrap_or_else(|| panic!("the access phase forwarded {name}"))
+    };
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8()
+            .unwrap()
+            .into_owned()
+    };
+    mock::install(MockHost {
+        phase: Phase::Access,
+        tls: Some(MockTls::with_chain(&chain)),
+        ..MockHost::default()
+    });
+    let leaf = forwarded("x-escaped-leaf");
+    let whole = forwarded("x-escaped-chain");
+    assert_eq!(
+        Some(&leaf),
+        client_tls::get_escaped_client_certificate()
+            .unwrap()
+            .as_ref()
+    );
+    assert_eq!(
+        Some(&whole),
+        client_tls::get_escaped_full_client_certificate_chain()
+            .unwrap()
+            .as_ref()
+    );
+    assert_eq!(
+        decode(&leaf),
+        tollgate_tests::pki::pem_chain(&[pki.leaf.der()])
+    );
+    assert_eq!(decode(&whole), chain);
+    assert!(
+        leaf.starts_with("-----BEGIN%20CERTIFICATE-----%0A"),
+        "{leaf}"
     );
 }

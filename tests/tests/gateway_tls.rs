@@ -1072,20 +1072,19 @@ async fn client_certificate_facts_match_openssls_reading_of_the_same_leaf() {
 
 // ---- plugins built against an older WIT ----
 
-/// A plugin built from source against `tollgate:plugin@0.1.0` (`wit/compat/`), with wit-bindgen
-/// and no SDK, loads in the `tollgate` binary and runs unchanged: the certificate phase asks for
-/// the chain, and in `access` every 0.1.0 function it calls answers as before, phase table
-/// included.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugin_built_against_wit_0_1_0_runs_unchanged_in_the_tollgate_binary() {
-    let pki = Pki::new();
+/// The `tollgate` binary with one HTTPS listener (no client CA bundle), an echo upstream, and
+/// `guest` (a plugin built against an older WIT) on every route with `config`.
+async fn binary_with_old_plugin(
+    pki: &Pki,
+    guest: &str,
+    config: &Value,
+) -> tollgate_tests::binary::Tollgate {
     let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let echo_addr = echo.local_addr().unwrap();
     tokio::spawn(tollgate::proxy::echo::serve_echo(
         echo,
         std::future::pending(),
     ));
-    let root = std::fs::read_to_string(&pki.files.root).unwrap();
     let dir = pki.dir.path().display();
     let config = format!(
         r#"
@@ -1102,16 +1101,29 @@ targets = ["{echo_addr}"]
 
 {DEFAULT_ROUTE}
 [[plugins]]
-name = "built-against-0-1-0"
+name = "built-against-an-older-wit"
 path = "{guest}"
 config = {config}
 "#,
-        guest = tollgate_tests::guests::WIT_0_1_0,
-        config = toml_inline(&json!({ "ca": root })),
+        config = toml_inline(config),
     );
-    let gateway = tokio::task::block_in_place(|| {
-        tollgate_tests::binary::Tollgate::run(pki.dir.path(), &config)
-    });
+    tokio::task::block_in_place(|| tollgate_tests::binary::Tollgate::run(pki.dir.path(), &config))
+}
+
+/// A plugin built from source against `tollgate:plugin@0.1.0` (`wit/compat/`), with wit-bindgen
+/// and no SDK, loads in the `tollgate` binary and runs unchanged: the certificate phase asks for
+/// the chain, and in `access` every 0.1.0 function it calls answers as before, phase table
+/// included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_wit_0_1_0_runs_unchanged_in_the_tollgate_binary() {
+    let pki = Pki::new();
+    let root = std::fs::read_to_string(&pki.files.root).unwrap();
+    let gateway = binary_with_old_plugin(
+        &pki,
+        tollgate_tests::guests::WIT_0_1_0,
+        &json!({ "ca": root }),
+    )
+    .await;
     for versions in Versions::BOTH {
         let client = TlsClient::new(&pki.files, versions, Identity::Chain);
         let reply = client
@@ -1127,6 +1139,44 @@ config = {config}
         assert_eq!(
             header("x-old-wrong-phase").as_deref(),
             Some("function cannot be called in access phase (only in: certificate)")
+        );
+    }
+}
+
+/// A plugin built from source against `tollgate:plugin@0.2.0` loads in the `tollgate` binary and
+/// runs unchanged: 0.2.0's `get-client-certificate` answers with the same facts as before (its
+/// record is 0.2.0's), and its phase table too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_wit_0_2_0_runs_unchanged_in_the_tollgate_binary() {
+    let pki = Pki::new();
+    let gateway = binary_with_old_plugin(&pki, tollgate_tests::guests::WIT_0_2_0, &json!({})).await;
+    let ossl = |args: &[&str]| openssl_x509(&pki.files.client_leaf, args);
+    let subject = after_equals(&ossl(&["-subject", "-nameopt", "RFC2253"])).to_owned();
+    let serial = after_equals(&ossl(&["-serial"])).to_owned();
+    let sans = ossl(&["-ext", "subjectAltName"]);
+    let san_count = sans.lines().nth(1).unwrap().trim().split(", ").count();
+    for versions in Versions::BOTH {
+        let client = TlsClient::new(&pki.files, versions, Identity::Chain);
+        let reply = client
+            .get(gateway.addr("https"), "localhost", "/old")
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{versions:?}");
+        let header = |name: &str| reply.upstream_header(name);
+        assert_eq!(header("x-old-chain-certs").as_deref(), Some("2"));
+        assert_eq!(header("x-old-subject").as_deref(), Some(subject.as_str()));
+        assert_eq!(header("x-old-serial").as_deref(), Some(serial.as_str()));
+        assert_eq!(header("x-old-sans"), Some(san_count.to_string()));
+        assert_eq!(
+            header("x-old-pem").as_deref(),
+            Some("-----BEGIN CERTIFICATE-----")
+        );
+        assert_eq!(
+            header("x-old-wrong-phase").as_deref(),
+            Some(
+                "function cannot be called in certificate phase \
+                 (only in: rewrite, access, balancer, header_filter, body_filter, log)"
+            )
         );
     }
 }

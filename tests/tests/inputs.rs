@@ -221,12 +221,12 @@ fn broken_plugins() -> Vec<(String, Vec<u8>, &'static str)> {
         (
             "core module without the plugin's exports".to_owned(),
             core_module(&[], &["run"]),
-            "missing export tollgate:plugin/handler@0.2.0",
+            "missing export tollgate:plugin/handler@0.3.0",
         ),
         (
             "component of another world".to_owned(),
             foreign_world_component(),
-            "missing export tollgate:plugin/handler@0.2.0",
+            "missing export tollgate:plugin/handler@0.3.0",
         ),
         (
             "component of a future WIT version".to_owned(),

@@ -675,7 +675,7 @@ async fn load_error_core_module_without_component_type_says_how_to_build_one() {
     assert_eq!(
         message,
         format!(
-            "plugin {}: missing export tollgate:plugin/handler@0.2.0 \
+            "plugin {}: missing export tollgate:plugin/handler@0.3.0 \
              (is the plugin's impl marked #[tollgate_sdk::plugin]?)",
             path.display()
         )

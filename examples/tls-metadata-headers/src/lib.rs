@@ -144,17 +144,20 @@ impl Plugin for TlsMetadataHeaders {
         };
         // What the upstream gets in these headers comes from the TLS connection, never the
         // client: each is set (which replaces what the client sent) or removed.
+        // The PEM comes URL-encoded from the gateway, which encodes it once per connection (this
+        // encoding was most of the plugin's own time when it ran here, on every request).
         if c.forward_chain {
-            match client_tls::get_full_client_certificate_chain()? {
-                Some(chain) => {
-                    request::set_header(&c.client_cert_chain_header_name, &url_encode(&chain))?
-                }
+            match client_tls::get_escaped_full_client_certificate_chain()? {
+                Some(chain) => request::set_header(&c.client_cert_chain_header_name, &chain)?,
                 None => request::remove_header(&c.client_cert_chain_header_name)?,
             }
         } else {
             request::remove_header(&c.client_cert_chain_header_name)?;
         }
-        request::set_header(&c.client_cert_header_name, &url_encode(&leaf.pem))?;
+        match client_tls::get_escaped_client_certificate()? {
+            Some(escaped) => request::set_header(&c.client_cert_header_name, &escaped)?,
+            None => request::remove_header(&c.client_cert_header_name)?,
+        }
         request::set_header(&c.client_serial_header_name, &leaf.serial)?;
         request::set_header(&c.client_cert_issuer_dn_header_name, &leaf.issuer)?;
         request::set_header(&c.client_cert_subject_dn_header_name, &leaf.subject)?;
@@ -165,45 +168,6 @@ impl Plugin for TlsMetadataHeaders {
         Ok(())
     }
 }
-
-/// Percent-encodes all but RFC 3986's unreserved characters, with upper-case hex, as
-/// `ngx.escape_uri` and nginx's `$ssl_client_escaped_cert` do for PEM. This runs on every request
-/// over 2–3 KiB of PEM and was the plugin's most expensive step, so it writes into a buffer sized
-/// for the worst case, with no growth check per byte. (Copying the runs between escapes with
-/// `extend_from_slice` is no faster: each copy is a call out of wasm, `memory.copy`, and PEM's
-/// runs are about 20 bytes.)
-fn url_encode(text: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = vec![0; text.len() * 3];
-    let mut len = 0;
-    for &byte in text.as_bytes() {
-        if UNRESERVED[usize::from(byte)] {
-            out[len] = byte;
-            len += 1;
-        } else {
-            out[len..len + 3].copy_from_slice(&[
-                b'%',
-                HEX[usize::from(byte >> 4)],
-                HEX[usize::from(byte & 0x0f)],
-            ]);
-            len += 3;
-        }
-    }
-    out.truncate(len);
-    String::from_utf8(out).expect("percent-encoded text is ASCII")
-}
-
-/// RFC 3986's unreserved characters: ALPHA, DIGIT, `-`, `.`, `_`, `~`.
-const UNRESERVED: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut byte = 0;
-    while byte < 256 {
-        let b = byte as u8;
-        table[byte] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
-        byte += 1;
-    }
-    table
-};
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,6 @@
 //! tls-metadata-headers through the SDK mock, with certificates from rcgen.
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::percent_decode_str;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, IsCa, Issuer, KeyPair, SerialNumber,
 };
@@ -196,28 +196,6 @@ fn headers_the_client_sent_are_replaced_by_the_connections() {
         Some("CN=alice,O=Tollgate")
     );
     assert_eq!(decoded(&host, "X-Client-Cert-Chain"), chain.pem());
-}
-
-#[test]
-fn url_encoding_escapes_all_but_unreserved_characters_like_escape_uri() {
-    const UNRESERVED_KEPT: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~');
-    let every_ascii: String = (0u8..0x80).map(char::from).collect();
-    for text in [
-        every_ascii.as_str(),
-        "é ünïcode ✓",
-        "",
-        "-----BEGIN CERTIFICATE-----\nMIIB+/==\n",
-    ] {
-        assert_eq!(
-            url_encode(text),
-            utf8_percent_encode(text, UNRESERVED_KEPT).to_string(),
-            "{text:?}"
-        );
-    }
 }
 
 #[test]

@@ -64,8 +64,8 @@ pub enum LoadError {
     /// The plugin was built against another version of the WIT package.
     #[error(
         "plugin {path}: built against {found}, but this gateway implements \
-         tollgate:plugin@{expected} (and loads plugins of 0.1.0); rebuild it with a matching \
-         tollgate-sdk"
+         tollgate:plugin@{expected} (and loads plugins of 0.2.0 and 0.1.0); rebuild it with a \
+         matching tollgate-sdk"
     )]
     WitVersion {
         /// The plugin file.

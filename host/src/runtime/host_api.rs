@@ -249,6 +249,28 @@ impl client_tls::Host for PluginStore {
         })
     }
 
+    fn get_escaped_client_certificate(&mut self) -> HostResult<Option<String>> {
+        self.guarded(
+            HostFunction::GetEscapedClientCertificate,
+            String::new,
+            |store| {
+                let chain = store.tls_facts()?.client_chain.as_ref();
+                Ok(chain.map(|chain| chain.escaped_leaf().to_owned()))
+            },
+        )
+    }
+
+    fn get_escaped_full_client_certificate_chain(&mut self) -> HostResult<Option<String>> {
+        self.guarded(
+            HostFunction::GetEscapedFullClientCertificateChain,
+            String::new,
+            |store| {
+                let chain = store.tls_facts()?.client_chain.as_ref();
+                Ok(chain.map(|chain| chain.escaped_pem().to_owned()))
+            },
+        )
+    }
+
     fn set_client_verify(&mut self, value: String) -> HostResult<()> {
         self.guarded(
             HostFunction::SetClientVerify,

@@ -1,6 +1,6 @@
 //! The client's chain as one connection keeps it: the DER the client sent, its PEM in the
-//! contract's format, the leaf's facts (read on first use, then kept), and the verify results
-//! plugins asked for, per trust-anchor set.
+//! contract's format, the leaf's facts and the URL-encoded PEM of leaf and chain (made on first
+//! use, then kept), and the verify results plugins asked for, per trust-anchor set.
 //!
 //! Every request on a connection shares one [`ClientChain`], so a plugin that runs per request
 //! pays for X.509 parsing and chain verification once per connection, not once per request.
@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rustls_pki_types::{CertificateDer, UnixTime};
-use tollgate_phases::{ClientCertificate, InvalidArgument};
+use tollgate_phases::{ClientCertificate, InvalidArgument, certificate_pem, escape_pem};
 
 use super::chain_check::{ClientVerify, TrustAnchors, verify_client_chain};
 use super::pem::{PemError, encode_chain, parse_certificates};
@@ -26,6 +26,8 @@ struct Inner {
     certs: Vec<CertificateDer<'static>>,
     pem: String,
     leaf: OnceLock<Result<ClientCertificate, InvalidArgument>>,
+    escaped_leaf: OnceLock<String>,
+    escaped_chain: OnceLock<String>,
     verified: Mutex<Vec<(TrustAnchors, ClientVerify)>>,
 }
 
@@ -46,6 +48,8 @@ impl ClientChain {
             certs,
             pem,
             leaf: OnceLock::new(),
+            escaped_leaf: OnceLock::new(),
+            escaped_chain: OnceLock::new(),
             verified: Mutex::new(Vec::new()),
         }))
     }
@@ -69,6 +73,26 @@ impl ClientChain {
                 None => Err(InvalidArgument::ClientCertificate("empty chain".into())),
             })
             .as_ref()
+    }
+
+    /// The leaf's PEM (as [`ClientCertificate::pem`] has it), URL-encoded
+    /// (`get-escaped-client-certificate`); made on the first call and kept for the connection.
+    /// Needs no X.509 parse: the PEM is written from the DER.
+    pub fn escaped_leaf(&self) -> &str {
+        self.0.escaped_leaf.get_or_init(|| {
+            let leaf = self
+                .0
+                .certs
+                .first()
+                .map(|der| certificate_pem(der.as_ref()));
+            escape_pem(leaf.as_deref().unwrap_or_default())
+        })
+    }
+
+    /// [`Self::pem`], URL-encoded (`get-escaped-full-client-certificate-chain`); made on the
+    /// first call and kept for the connection.
+    pub fn escaped_pem(&self) -> &str {
+        self.0.escaped_chain.get_or_init(|| escape_pem(&self.0.pem))
     }
 
     /// [`verify_client_chain`] against `anchors`, kept per anchor set: a connection's chain and
@@ -122,6 +146,24 @@ mod tests {
         let leaf = chain.leaf().expect("readable");
         assert_eq!(leaf.pem, encode_chain(&pki.client_chain()[..1]));
         assert!(chain.pem().starts_with(&leaf.pem));
+    }
+
+    #[test]
+    fn escaped_pems_are_made_once_per_chain_and_shared_by_clones() {
+        let pki = Pki::new();
+        let chain = ClientChain::new(pki.client_chain());
+        let copy = chain.clone();
+        assert!(std::ptr::eq(chain.escaped_leaf(), copy.escaped_leaf()));
+        assert!(std::ptr::eq(chain.escaped_pem(), copy.escaped_pem()));
+        let leaf = chain.leaf().expect("readable");
+        assert_eq!(chain.escaped_leaf(), escape_pem(&leaf.pem));
+        assert_eq!(chain.escaped_pem(), escape_pem(chain.pem()));
+        assert!(chain.escaped_pem().starts_with(chain.escaped_leaf()));
+        assert!(
+            chain
+                .escaped_leaf()
+                .starts_with("-----BEGIN%20CERTIFICATE-----%0A")
+        );
     }
 
     #[test]

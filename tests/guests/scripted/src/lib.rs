@@ -26,6 +26,7 @@
 //! | `disable_session_reuse` | | `client-tls.disable-session-reuse` |
 //! | `get_full_client_certificate_chain` | `to_header`?, `to_context`? | the chain call; a chain it gets is copied percent-encoded into that request header and/or verbatim into that context key |
 //! | `get_client_certificate` | `to_header`? | `client-tls.get-client-certificate`; the leaf's facts, as JSON with the WIT record's field names, go percent-encoded into that request header |
+//! | `get_escaped_client_certificate` / `get_escaped_full_client_certificate_chain` | `to_header`? | `client-tls.get-escaped-client-certificate` / `get-escaped-full-client-certificate-chain`; the value it gets (already URL-encoded) goes into that request header as it is |
 //! | `set_client_verify` | `value` | `client-tls.set-client-verify` |
 //! | `client_tls_all` | | all four client-TLS functions, in WIT order (no CA names, value `SUCCESS`) |
 //! | `client_tls_report` | `value`? (`SUCCESS`), `to_header`?, `to_response_header`?, `to_context`?, `fail`? | all four client-TLS functions, in WIT order (no CA names, `set_client_verify(value)`); their results, as the JSON report below, go percent-encoded into that request and/or response header, verbatim into that context key, and with `"fail": true` become the phase's error message |
@@ -85,6 +86,14 @@ enum Action {
         to_context: Option<String>,
     },
     GetClientCertificate {
+        #[serde(default)]
+        to_header: Option<String>,
+    },
+    GetEscapedClientCertificate {
+        #[serde(default)]
+        to_header: Option<String>,
+    },
+    GetEscapedFullClientCertificateChain {
         #[serde(default)]
         to_header: Option<String>,
     },
@@ -267,6 +276,14 @@ fn perform(action: &Action, chunk: &[u8]) -> Result<Result<(), Error>, PhaseErro
                 };
                 request::set_header(name, &percent_encode(&certificate_json(&leaf)))
             }),
+        Action::GetEscapedClientCertificate { to_header } => {
+            client_tls::get_escaped_client_certificate()
+                .and_then(|escaped| set_header_if(to_header, escaped))
+        }
+        Action::GetEscapedFullClientCertificateChain { to_header } => {
+            client_tls::get_escaped_full_client_certificate_chain()
+                .and_then(|escaped| set_header_if(to_header, escaped))
+        }
         Action::SetClientVerify { value } => client_tls::set_client_verify(value),
         Action::ClientTlsAll => {
             // Every call is made even after an error; the first error is the result.
@@ -358,6 +375,14 @@ fn client_tls_report(value: &str) -> String {
         })
         .collect();
     serde_json::Value::Array(report).to_string()
+}
+
+/// Sets request header `name`, when a step names one, to `value`, when the host gave one.
+fn set_header_if(name: &Option<String>, value: Option<String>) -> Result<(), Error> {
+    match (name, value) {
+        (Some(name), Some(value)) => request::set_header(name, &value),
+        _ => Ok(()),
+    }
 }
 
 /// Percent-encodes every byte outside RFC 3986's unreserved set, so a PEM chain fits a header.
