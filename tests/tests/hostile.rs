@@ -157,10 +157,15 @@ async fn within<T>(limit: Duration, future: impl Future<Output = T>, what: &str)
 
 /// Asserts that `elapsed` is within `deadline` − 150 ms and `deadline` + 1 s.
 fn assert_deadline(what: &str, elapsed: Duration, deadline: Duration) {
+    assert_deadline_within(what, elapsed, deadline, Duration::from_secs(1));
+}
+
+/// Asserts that `elapsed` is within `deadline` − 150 ms and `deadline` + `slack`.
+fn assert_deadline_within(what: &str, elapsed: Duration, deadline: Duration, slack: Duration) {
     let early = deadline.saturating_sub(Duration::from_millis(150));
     assert!(
-        elapsed >= early && elapsed <= deadline + Duration::from_secs(1),
-        "{what}: closed after {elapsed:?}, expected {deadline:?} (+ at most 1 s)"
+        elapsed >= early && elapsed <= deadline + slack,
+        "{what}: closed after {elapsed:?}, expected {deadline:?} (+ at most {slack:?})"
     );
 }
 
@@ -572,6 +577,7 @@ async fn under_a_1024_open_file_limit_an_idle_flood_is_capped_and_new_clients_se
     // 1,100 connections that send nothing.
     let flood_started = Instant::now();
     let flood = idle_flood(addr, FLOOD).await;
+    let flood_connected = flood_started.elapsed();
     // Those past the cap are closed at once; the others stay open until their deadline.
     tokio::time::sleep_until((flood_started + header_timeout / 2).into()).await;
     let (still_open, closed): (Vec<_>, Vec<_>) = flood.into_iter().partition(is_open);
@@ -607,10 +613,15 @@ async fn under_a_1024_open_file_limit_an_idle_flood_is_capped_and_new_clients_se
     )
     .await;
     assert_eq!(served.status, 200);
-    assert_deadline(
+    // Not before the first idle connection's deadline, and soon after the last one's: the
+    // gateway accepts (and starts the clocks of) 1,100 connections one by one, on a machine this
+    // test shares with the tests running beside it, so the slack is 2 s past the flood's
+    // connecting here, not 1.
+    assert_deadline_within(
         "serving again after the idle flood",
         flood_started.elapsed(),
         header_timeout,
+        flood_connected + Duration::from_secs(2),
     );
     for mut tcp in still_open {
         within(

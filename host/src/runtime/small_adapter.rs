@@ -253,24 +253,18 @@ fn proc_exit() -> Function {
 
 /// `fd_seek(fd, offset, whence, newoffset)`: stdout and stderr are streams; nothing else is open.
 fn fd_seek() -> Function {
-    let mut f = Function::new([]);
-    f.instruction(&Instruction::LocalGet(0));
-    f.instruction(&Instruction::I32Const(1));
-    f.instruction(&Instruction::I32Sub);
-    f.instruction(&Instruction::I32Const(2));
-    f.instruction(&Instruction::I32LtU);
-    f.instruction(&Instruction::If(BlockType::Result(ValType::I32)));
-    f.instruction(&Instruction::I32Const(ERRNO_SPIPE));
-    f.instruction(&Instruction::Else);
-    f.instruction(&Instruction::I32Const(ERRNO_BADF));
-    f.instruction(&Instruction::End);
-    f.instruction(&Instruction::End);
-    f
+    stdio_or_badf(ERRNO_SPIPE)
 }
 
 /// `fd_close(fd)`: stdout and stderr hold nothing between writes, so closing them does nothing;
 /// nothing else is open.
 fn fd_close() -> Function {
+    stdio_or_badf(ERRNO_SUCCESS)
+}
+
+/// A function of `fd` (its first parameter) that answers `on_stdio` for stdout and stderr (fds
+/// 1 and 2) and `EBADF` for any other descriptor.
+fn stdio_or_badf(on_stdio: i32) -> Function {
     let mut f = Function::new([]);
     f.instruction(&Instruction::LocalGet(0));
     f.instruction(&Instruction::I32Const(1));
@@ -278,7 +272,7 @@ fn fd_close() -> Function {
     f.instruction(&Instruction::I32Const(2));
     f.instruction(&Instruction::I32LtU);
     f.instruction(&Instruction::If(BlockType::Result(ValType::I32)));
-    f.instruction(&Instruction::I32Const(ERRNO_SUCCESS));
+    f.instruction(&Instruction::I32Const(on_stdio));
     f.instruction(&Instruction::Else);
     f.instruction(&Instruction::I32Const(ERRNO_BADF));
     f.instruction(&Instruction::End);
