@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use tollgate_phases::{
     ClientCertificate, ClientVerify, HostFunction, InvalidArgument, Phase, SubjectAltName, Target,
-    escape_pem,
+    escape_pem, leaf_pem,
 };
 
 use crate::api::bindings::tollgate::plugin::client_tls::{
@@ -297,14 +297,16 @@ pub(crate) mod host {
             })
         }
 
-        /// The leaf's PEM as `get_client_certificate` has it, escaped by the gateway's code.
+        /// The leaf's PEM, escaped by the gateway's code.
         pub fn get_escaped_client_certificate() -> Result<Option<String>, HostError> {
             call(HostFunction::GetEscapedClientCertificate, |host| {
                 let Some(chain) = tls(host)?.client_chain_pem.as_deref() else {
                     return Ok(None);
                 };
-                let leaf = ClientCertificate::from_chain_pem(chain).map_err(invalid)?;
-                Ok(leaf.map(|leaf| escape_pem(&leaf.pem)))
+                // The PEM written from the leaf's DER, as the gateway does: no X.509 parse, so a
+                // leaf the gateway cannot read is escaped all the same.
+                let leaf = leaf_pem(chain).map_err(invalid)?;
+                Ok(leaf.map(|leaf| escape_pem(&leaf)))
             })
         }
 

@@ -76,7 +76,7 @@ impl ClientCertificate {
 }
 
 #[cfg(feature = "x509")]
-pub use read::certificate_pem;
+pub use read::{certificate_pem, leaf_pem};
 
 /// PEM as nginx's `$ssl_client_escaped_cert` and the `Cert=`/`Chain=` of Envoy's
 /// `x-forwarded-client-cert` spell it, ready for a header value: RFC 3986's unreserved characters
@@ -161,13 +161,24 @@ mod read {
 
         /// Reads the leaf, the first `CERTIFICATE` block, of a PEM chain; `None` without one.
         pub fn from_chain_pem(chain: &str) -> Result<Option<ClientCertificate>, InvalidArgument> {
-            let Some(block) = x509_parser::pem::Pem::iter_from_buffer(chain.as_bytes()).next()
-            else {
-                return Ok(None);
-            };
-            let block = block.map_err(|err| InvalidArgument::ClientCertificate(err.to_string()))?;
-            ClientCertificate::from_der(&block.contents).map(Some)
+            leaf_der(chain)?.map_or(Ok(None), |der| ClientCertificate::from_der(&der).map(Some))
         }
+    }
+
+    /// The leaf of a PEM chain written in the contract's PEM format, as the gateway writes it
+    /// from the DER it received: no X.509 parse, so a leaf the gateway cannot read still has
+    /// one. `None` without a block.
+    pub fn leaf_pem(chain: &str) -> Result<Option<String>, InvalidArgument> {
+        Ok(leaf_der(chain)?.map(|der| certificate_pem(&der)))
+    }
+
+    /// The DER of the first PEM block of `chain`.
+    fn leaf_der(chain: &str) -> Result<Option<Vec<u8>>, InvalidArgument> {
+        let Some(block) = x509_parser::pem::Pem::iter_from_buffer(chain.as_bytes()).next() else {
+            return Ok(None);
+        };
+        let block = block.map_err(|err| InvalidArgument::ClientCertificate(err.to_string()))?;
+        Ok(Some(block.contents))
     }
 
     /// The DN as `X509_NAME_print_ex(..., XN_FLAG_RFC2253)` prints it (nginx's
@@ -312,6 +323,15 @@ mod tests {
     use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 
     use super::*;
+
+    #[test]
+    fn leaf_pem_is_written_from_the_first_block_without_reading_it_as_x509() {
+        let not_x509 = certificate_pem(b"not a certificate");
+        let chain = format!("{not_x509}{}", certificate_pem(b"second"));
+        assert_eq!(leaf_pem(&chain).unwrap(), Some(not_x509));
+        assert!(ClientCertificate::from_chain_pem(&chain).is_err());
+        assert_eq!(leaf_pem("no blocks here").unwrap(), None);
+    }
 
     #[test]
     fn escaped_pem_is_spelled_as_nginx_escapes_a_certificate() {

@@ -42,7 +42,7 @@ mod target;
 pub use body::{MAX_PLUGIN_BODY, check_body};
 pub use client_certificate::{ClientCertificate, SubjectAltName};
 #[cfg(feature = "x509")]
-pub use client_certificate::{certificate_pem, escape_pem};
+pub use client_certificate::{certificate_pem, escape_pem, leaf_pem};
 pub use client_verify::{ClientVerify, InvalidClientVerify};
 pub use context::{MAX_CONTEXT_ENTRIES, MAX_CONTEXT_VALUE, check_context_set};
 pub use error::InvalidArgument;
