@@ -16,10 +16,14 @@ use tollgate_tests::clients::{Reply, plain_get};
 use tollgate_tests::echo_upstream;
 use tollgate_tests::guests;
 
-/// Starts the echo upstream on this test's runtime.
 /// A plain listener, the echo service, a healthy catch-all route and a `/bad` route guarded by
 /// the misbehaving guest in `mode`, with `extra` lines for that plugin and `head` before it all.
 fn config(echo: SocketAddr, head: &str, mode: &str, extra: &str) -> String {
+    config_with(echo, head, &format!("mode = \"{mode}\""), extra)
+}
+
+/// [`config`] with the misbehaving guest's whole `config` table (`mode = "sleep", phase = "log"`).
+fn config_with(echo: SocketAddr, head: &str, plugin_config: &str, extra: &str) -> String {
     format!(
         r#"{head}
 [[listeners]]
@@ -44,7 +48,7 @@ service = "echo"
 name = "misbehave"
 path = "{path}"
 route = "bad"
-config = {{ mode = "{mode}" }}
+config = {{ {plugin_config} }}
 {extra}
 "#,
         path = guests::MISBEHAVE
@@ -118,6 +122,42 @@ async fn time_limit_ends_bad_requests_while_others_serve(
 
 fn timeout_warning(line: &str) -> bool {
     line.contains("WARN") && line.contains("exceeded its time limit")
+}
+
+/// The log phase runs once the client has its response: a log plugin that sleeps until its
+/// deadline holds no response back (each would take 3.5 s otherwise), and its time limit still
+/// ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_plugin_that_sleeps_does_not_hold_back_its_response() {
+    let echo = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Tollgate::run(
+        dir.path(),
+        &config_with(
+            echo,
+            "",
+            r#"mode = "sleep", phase = "log""#,
+            "time_limit = \"3s\"",
+        ),
+    );
+    let addr = gateway.addr("http");
+    for _ in 0..3 {
+        let started = Instant::now();
+        let reply = get(addr, "/bad").await;
+        let took = started.elapsed();
+        assert_eq!(
+            reply.status, 200,
+            "the log phase cannot change the response"
+        );
+        assert!(
+            took < Duration::from_secs(3),
+            "answered before its log plugin's 3 s limit, not after it: {took:?}"
+        );
+    }
+    assert!(
+        gateway.wait_for_stderr(Duration::from_secs(10), timeout_warning),
+        "the log plugin's time limit ended it, logged at warn"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

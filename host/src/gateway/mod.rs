@@ -15,6 +15,7 @@ pub mod demo;
 mod open_files;
 mod reload;
 mod request;
+mod responder;
 mod watchdog;
 
 use std::net::SocketAddr;

@@ -14,7 +14,7 @@
 //! ```no_run
 //! # use tollgate::proxy::upstream::{Upstream, UpstreamError};
 //! # async fn forward(upstream: &Upstream, req: http::Request<String>)
-//! #     -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+//! #     -> Result<http::Response<tollgate::proxy::upstream::UpstreamBody>, UpstreamError> {
 //! let mut attempt = 0;
 //! let connection = loop {
 //!     let target = upstream.targets()[upstream.next_target()].to_string();
@@ -336,7 +336,7 @@ impl Upstream {
         &self,
         target: &str,
         req: Request<B>,
-    ) -> Result<Response<Incoming>, UpstreamError>
+    ) -> Result<Response<UpstreamBody>, UpstreamError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -430,7 +430,8 @@ impl UpstreamConnection<'_> {
     /// Sends the request and waits for the response head, at most the read timeout (which so
     /// also bounds writing the request body: a client uploading slower than that gets a 504).
     /// The response body streams afterwards under [`Upstream::body_timeout`], applied by its
-    /// reader; the connection goes back to the pool once that body has been read to the end.
+    /// reader; the connection goes back to the pool once that body has been read to the end
+    /// (see [`UpstreamBody`]).
     ///
     /// The request goes out as HTTP/1.1 in origin-form (`/path?query`, whatever the URI's
     /// form); a missing `Host` is set from the URI's authority, else the target. Hop-by-hop
@@ -440,7 +441,7 @@ impl UpstreamConnection<'_> {
     /// If a pooled connection turns out to be closed before the request was written, the
     /// request is sent once more on a new connection (as hyper-util's client does); should that
     /// connection fail, the result is `Other`, since the request is gone.
-    pub async fn send<B>(self, req: Request<B>) -> Result<Response<Incoming>, UpstreamError>
+    pub async fn send<B>(self, req: Request<B>) -> Result<Response<UpstreamBody>, UpstreamError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -472,8 +473,15 @@ impl UpstreamConnection<'_> {
         };
         match tokio::time::timeout(upstream.read_timeout, exchange).await {
             Ok(Ok((response, sender))) => {
-                upstream.pool.return_when_idle(target, sender);
-                Ok(response)
+                let lease = Lease {
+                    pool: upstream.pool.clone(),
+                    target,
+                    sender,
+                };
+                Ok(response.map(|body| UpstreamBody {
+                    body,
+                    lease: Some(lease),
+                }))
             }
             Ok(Err(source)) => Err(UpstreamError::Other { target, source }),
             // Dropping the in-flight exchange makes hyper close that connection.
@@ -481,6 +489,87 @@ impl UpstreamConnection<'_> {
                 target,
                 after: upstream.read_timeout,
             }),
+        }
+    }
+}
+
+/// An upstream response body. Its connection goes back to the pool when the body has been read
+/// to its end: at once when hyper already counts the connection idle (the usual case: the
+/// connection's task reads the body's end and readies the connection in one go), else once
+/// it does, or never if it closes. A body dropped before its end leaves its connection to close.
+pub struct UpstreamBody {
+    body: Incoming,
+    lease: Option<Lease>,
+}
+
+/// A connection checked out of the pool, with where it goes back to.
+struct Lease {
+    pool: Arc<Pool>,
+    target: String,
+    sender: SendRequest<PoolBody>,
+}
+
+impl UpstreamBody {
+    fn release(&mut self) {
+        let Some(Lease {
+            pool,
+            target,
+            sender,
+        }) = self.lease.take()
+        else {
+            return;
+        };
+        if sender.is_ready() {
+            pool.put(target, sender);
+        } else if tokio::runtime::Handle::try_current().is_ok() {
+            pool.return_when_idle(target, sender);
+        }
+    }
+}
+
+impl fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("body", &self.body)
+            .field("leased", &self.lease.is_some())
+            .finish()
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let frame = std::task::ready!(std::pin::Pin::new(&mut self.body).poll_frame(cx));
+        let ended = match &frame {
+            None => true,
+            Some(Ok(_)) => self.body.is_end_stream(),
+            Some(Err(_)) => false,
+        };
+        if ended {
+            self.release();
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body without content (a 204, a HEAD) is at its end before anyone reads it.
+        if http_body::Body::is_end_stream(&self.body) {
+            self.release();
         }
     }
 }
@@ -555,8 +644,8 @@ impl Pool {
         }
     }
 
-    /// Returns the connection to the pool once its response body has been read to the end
-    /// (hyper reports it ready then); a connection that closes instead is simply dropped.
+    /// Returns the connection to the pool once hyper reports it ready (its response body read to
+    /// the end); a connection that closes instead is simply dropped.
     fn return_when_idle(self: &Arc<Self>, target: String, mut sender: SendRequest<PoolBody>) {
         let pool = Arc::clone(self);
         tokio::spawn(async move {

@@ -287,7 +287,7 @@ impl RequestIo for ScenarioIo<'_> {
         }
     }
 
-    fn end_response(&mut self) {}
+    async fn end_response(&mut self) {}
 
     fn log(&mut self, entry: LogEntry) {
         self.log_tls = entry.request.tls;

@@ -76,7 +76,7 @@ fn tracked(data: &'static str) -> (Request<TrackedBody>, Arc<AtomicBool>) {
     (req, polled)
 }
 
-async fn json(response: Response<Incoming>) -> serde_json::Value {
+async fn json(response: Response<UpstreamBody>) -> serde_json::Value {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     serde_json::from_slice(&body).unwrap()
 }
@@ -162,6 +162,51 @@ async fn reuses_a_keep_alive_connection() {
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
     assert!(upstream.connect(&target).await.unwrap().is_reused());
+}
+
+fn idle_connections(upstream: &Upstream) -> usize {
+    upstream
+        .pool
+        .idle
+        .lock()
+        .unwrap()
+        .values()
+        .map(Vec::len)
+        .sum()
+}
+
+#[tokio::test]
+async fn a_body_read_to_its_end_returns_its_connection_to_the_pool_at_once() {
+    let (target, _stop) = echo_server().await;
+    let upstream = Upstream::new(settings(std::slice::from_ref(&target))).unwrap();
+    for _ in 0..3 {
+        let response = upstream
+            .send(&target, Request::new(Empty::<Bytes>::new()))
+            .await
+            .unwrap();
+        assert_eq!(
+            idle_connections(&upstream),
+            0,
+            "leased while its body is unread"
+        );
+        response.into_body().collect().await.unwrap();
+        // No task to wait for: the body's end put the connection back.
+        assert_eq!(idle_connections(&upstream), 1);
+    }
+    assert!(upstream.connect(&target).await.unwrap().is_reused());
+}
+
+#[tokio::test]
+async fn a_body_dropped_before_its_end_does_not_return_its_connection() {
+    let (target, _stop) = echo_server().await;
+    let upstream = Upstream::new(settings(std::slice::from_ref(&target))).unwrap();
+    let response = upstream
+        .send(&target, Request::new(Empty::<Bytes>::new()))
+        .await
+        .unwrap();
+    drop(response);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(idle_connections(&upstream), 0);
 }
 
 #[tokio::test]
@@ -376,7 +421,7 @@ fn https_settings(
     }
 }
 
-async fn body_text(response: Response<Incoming>) -> Bytes {
+async fn body_text(response: Response<UpstreamBody>) -> Bytes {
     response.into_body().collect().await.unwrap().to_bytes()
 }
 
