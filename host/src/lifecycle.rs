@@ -117,9 +117,9 @@ pub trait RequestIo: Send {
     /// Ends the response as broken: the client sees it cut off, never as complete.
     fn abort(&mut self, reason: BoxError) -> impl Future<Output = ()> + Send;
 
-    /// The response is complete (or aborted): nothing more will be sent. Resolves when the log
-    /// phase may run without delaying the client.
-    fn end_response(&mut self) -> impl Future<Output = ()> + Send;
+    /// The response is complete (or aborted): nothing more will be sent. Called before the log
+    /// phase, so log plugins never delay the client.
+    fn end_response(&mut self);
 
     /// Hands over the finished request's access log entry.
     fn log(&mut self, entry: LogEntry);
@@ -258,7 +258,7 @@ pub async fn run_request<Io: RequestIo>(
     io.respond(&head, &origin);
     let filter = filtering && exchange.has_phase(Phase::BodyFilter);
     let sent = pump(filter.then_some(&mut exchange), io, source).await;
-    io.end_response().await;
+    io.end_response();
     exchange.log().await;
     let entry = log_entry(&exchange, draft, upstream, &head, sent);
     io.log(entry);
@@ -281,7 +281,7 @@ pub async fn answer<Io: RequestIo>(
     let (head, body) = kong_error(status, message);
     io.respond(&head, &Origin::Gateway);
     let sent = pump(None, io, Source::Whole(body)).await;
-    io.end_response().await;
+    io.end_response();
     let entry = base_entry(draft, UpstreamLog::default(), &head, sent);
     io.log(entry);
 }

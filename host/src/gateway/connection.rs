@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Shared;
+use super::body::PumpedBody;
 use super::request::{EstablishedConnection, handle};
-use super::responder::ResponseBody;
 use super::watchdog::{Expiry, GuardedIo, TrackedBody, Watchdog};
 use crate::config::ClientLimits;
 use crate::exchange::{ConnectionFacts, Context};
@@ -334,7 +334,7 @@ async fn serve_http<I>(
                     tokio::task::yield_now().await;
                     if watchdog.is_abusive() {
                         // GOAWAY is on its way; streams still arriving get no work.
-                        let mut refused = http::Response::new(ResponseBody::empty());
+                        let mut refused = http::Response::new(PumpedBody::empty());
                         *refused.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
                         return Ok(refused.map(|body| TrackedBody::new(body, guard)));
                     }

@@ -15,7 +15,6 @@ pub mod demo;
 mod open_files;
 mod reload;
 mod request;
-mod responder;
 mod watchdog;
 
 use std::net::SocketAddr;

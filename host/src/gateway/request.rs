@@ -1,8 +1,7 @@
 //! One request through the gateway: what the client sent becomes a routed [`Exchange`], then
-//! the [`lifecycle`] runs it (rewrite to log) against [`GatewayIo`]: hyper and the upstream
-//! client. It runs on the connection's task, driven by hyper's polls (see [`super::responder`]):
-//! the response head goes back to hyper as soon as it is known, the body streams as hyper asks
-//! for it, and the log phase's plugins run once the client has the whole response.
+//! the [`lifecycle`] runs it (rewrite to log) on a task of its own against [`GatewayIo`]: hyper
+//! and the upstream client. The response head goes back to hyper as soon as it is known; the
+//! body streams from that task, which then runs log, never delaying the client.
 
 use std::sync::Arc;
 
@@ -13,15 +12,16 @@ use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tollgate_phases::{Phase, Target};
+use tokio::sync::{mpsc, oneshot};
+use tollgate_phases::Target;
 
 use super::Shared;
-use super::body::RequestBody;
-use super::responder::{Lifecycle, Outlet, ResponseBody};
+use super::body::{PUMP_DEPTH, PumpedBody, RequestBody};
 use crate::config::ClientLimits;
 use crate::exchange::{ConnectionFacts, Context, ExchangeState, RequestHead, ResponseHead};
 use crate::lifecycle::{
-    self, BodyPiece, BoxError, LogDraft, Origin, RequestIo, UpstreamResponse, request_head_size,
+    self, BodyPiece, BoxError, LogDraft, Origin, RequestIo, UpstreamResponse, kong_error,
+    request_head_size,
 };
 use crate::log::{LogEntry, NamedRef, RequestLog, headers_to_map, parse_querystring, request_url};
 use crate::metrics::RouteMeter;
@@ -50,13 +50,13 @@ pub struct EstablishedConnection {
 /// The client's request body, bounded by the listener's limits.
 type ClientBody = RequestBody<Incoming>;
 
-/// Serves one request: routes it, then runs its lifecycle and answers with the response head
-/// as soon as the lifecycle has it; the body runs the rest.
+/// Serves one request: routes it, then runs its lifecycle on a task of its own and answers
+/// with the response head as soon as that task has it.
 pub async fn handle(
     shared: Arc<Shared>,
     connection: Arc<EstablishedConnection>,
     request: Request<Incoming>,
-) -> Response<ResponseBody> {
+) -> Response<PumpedBody> {
     let started = std::time::Instant::now();
     let (mut parts, body) = request.into_parts();
     let http2 = parts.version == Version::HTTP_2;
@@ -153,13 +153,11 @@ pub async fn handle(
     let limits = &connection.limits;
     let body = RequestBody::new(body, limits.max_body_size, limits.body_timeout);
 
-    let outlet = Outlet::default();
-    let log_plugins = routed
-        .as_ref()
-        .is_some_and(|(_, exchange)| exchange.has_phase(Phase::Log));
+    let (head_tx, head_rx) = oneshot::channel();
     let task_shared = shared.clone();
-    let task_outlet = outlet.clone();
-    let lifecycle = async move {
+    // Boxed: the lifecycle's future is large, and a task moves its future a few times on the
+    // way into the scheduler and once more when it finishes; a box moves as a pointer.
+    shared.tasks.spawn(Box::pin(async move {
         let shared = task_shared;
         let route = draft.route.as_ref().map(|route| route.name.as_str());
         let meter = shared.meters.as_ref().map(|meters| meters.get(route));
@@ -175,8 +173,9 @@ pub async fn handle(
             body: Some(body),
             forwarding,
             connection: None,
-            outlet: task_outlet,
-            log_plugins,
+            head: Some(head_tx),
+            frames: None,
+            head_written: None,
         };
         match (refused, routed) {
             (Some((status, message)), _) => {
@@ -190,10 +189,20 @@ pub async fn handle(
                 lifecycle::answer(&mut io, draft, status, message).await;
             }
         }
-    };
-    Lifecycle::new(lifecycle, outlet, shared.tasks.clone())
-        .response()
-        .await
+    }));
+    match head_rx.await {
+        Ok(response) => response,
+        // The lifecycle task ended without a response head: it panicked.
+        Err(_) => {
+            let (head, body) = kong_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "An unexpected error occurred",
+            );
+            let (frames, receiver) = mpsc::channel(1);
+            let _ = frames.try_send(Ok(Frame::data(body)));
+            response_with(&head, PumpedBody::new(receiver))
+        }
+    }
 }
 
 /// What the forwarding headers of a routed request say.
@@ -221,10 +230,20 @@ struct GatewayIo<'a> {
     body: Option<ClientBody>,
     forwarding: Forwarding,
     connection: Option<UpstreamConnection<'a>>,
-    /// Where the response goes: hyper takes it from there.
-    outlet: Outlet,
-    /// Whether the log phase runs plugins: they wait until the client has the response.
-    log_plugins: bool,
+    /// Where the response head goes, until it is sent.
+    head: Option<oneshot::Sender<Response<PumpedBody>>>,
+    /// Where the response body goes, once the head is sent.
+    frames: Option<mpsc::Sender<Result<Frame<Bytes>, BoxError>>>,
+    /// Fires when hyper has written the head and asks for the body.
+    head_written: Option<oneshot::Receiver<()>>,
+}
+
+fn response_with(head: &ResponseHead, body: PumpedBody) -> Response<PumpedBody> {
+    let mut response = Response::new(body);
+    *response.status_mut() =
+        StatusCode::from_u16(head.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.headers_mut() = head.headers.clone();
+    response
 }
 
 fn internal(target: &str, reason: &str) -> UpstreamError {
@@ -346,33 +365,47 @@ impl RequestIo for GatewayIo<'_> {
     }
 
     fn respond(&mut self, head: &ResponseHead, _origin: &Origin) {
-        let mut response = Response::new(());
-        *response.status_mut() =
-            StatusCode::from_u16(head.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        *response.headers_mut() = head.headers.clone();
-        self.outlet.respond(response);
+        let Some(sender) = self.head.take() else {
+            return;
+        };
+        let (frames, receiver) = mpsc::channel(PUMP_DEPTH);
+        let (written, head_written) = oneshot::channel();
+        let body = PumpedBody::signalling(receiver, written);
+        if sender.send(response_with(head, body)).is_ok() {
+            self.frames = Some(frames);
+            self.head_written = Some(head_written);
+        }
     }
 
     async fn send_data(&mut self, bytes: Bytes) -> bool {
-        self.outlet.send(Ok(Frame::data(bytes))).await
+        match &self.frames {
+            Some(frames) => frames.send(Ok(Frame::data(bytes))).await.is_ok(),
+            None => false,
+        }
     }
 
     async fn send_trailers(&mut self, trailers: HeaderMap) {
-        self.outlet.send(Ok(Frame::trailers(trailers))).await;
+        if let Some(frames) = &self.frames {
+            let _ = frames.send(Ok(Frame::trailers(trailers))).await;
+        }
     }
 
     async fn abort(&mut self, reason: BoxError) {
         tracing::warn!(%reason, "aborting the response");
-        // The body hands the error to hyper only once hyper asks for the body, so after the
-        // response head: the client sees the head, then the body cut off.
-        self.outlet.send(Err(reason)).await;
+        // Let the client have the head first (an error returns at once if the client is gone):
+        // hyper drops an HTTP/1.1 connection at a body error without writing out what it holds.
+        // Its first poll of the body finds nothing (this waits), so it flushes the head then.
+        if let Some(head_written) = self.head_written.take() {
+            let _ = head_written.await;
+        }
+        if let Some(frames) = self.frames.take() {
+            let _ = frames.send(Err(reason)).await;
+        }
     }
 
-    async fn end_response(&mut self) {
-        self.outlet.end();
-        if self.log_plugins {
-            self.outlet.delivered().await;
-        }
+    fn end_response(&mut self) {
+        // Closing the channel lets hyper finish the response.
+        self.frames = None;
     }
 
     fn log(&mut self, entry: LogEntry) {

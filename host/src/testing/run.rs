@@ -287,7 +287,7 @@ impl RequestIo for ScenarioIo<'_> {
         }
     }
 
-    async fn end_response(&mut self) {}
+    fn end_response(&mut self) {}
 
     fn log(&mut self, entry: LogEntry) {
         self.log_tls = entry.request.tls;
