@@ -38,8 +38,10 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -541,10 +543,10 @@ impl http_body::Body for UpstreamBody {
     type Error = hyper::Error;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        let frame = std::task::ready!(std::pin::Pin::new(&mut self.body).poll_frame(cx));
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
         let ended = match &frame {
             None => true,
             Some(Ok(_)) => self.body.is_end_stream(),
@@ -553,7 +555,7 @@ impl http_body::Body for UpstreamBody {
         if ended {
             self.release();
         }
-        std::task::Poll::Ready(frame)
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

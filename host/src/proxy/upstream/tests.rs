@@ -114,17 +114,21 @@ async fn keeps_an_explicit_host_header() {
     assert_eq!(echo["headers"]["host"], "api.example.com");
 }
 
-/// Waits for the pool task to see the connection become idle again.
+fn idle_connections(upstream: &Upstream) -> usize {
+    upstream
+        .pool
+        .idle
+        .lock()
+        .unwrap()
+        .values()
+        .map(Vec::len)
+        .sum()
+}
+
+/// Waits for the pool to hold the connection again.
 async fn wait_until_idle(upstream: &Upstream) {
     for _ in 0..200 {
-        if upstream
-            .pool
-            .idle
-            .lock()
-            .unwrap()
-            .values()
-            .any(|list| !list.is_empty())
-        {
+        if idle_connections(upstream) > 0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -162,17 +166,6 @@ async fn reuses_a_keep_alive_connection() {
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
     assert!(upstream.connect(&target).await.unwrap().is_reused());
-}
-
-fn idle_connections(upstream: &Upstream) -> usize {
-    upstream
-        .pool
-        .idle
-        .lock()
-        .unwrap()
-        .values()
-        .map(Vec::len)
-        .sum()
 }
 
 #[tokio::test]
