@@ -12,11 +12,13 @@
 //! - [`gateway`]: listeners, connections, the request path, reloads and the admin listener.
 //! - [`proxy`]: routing, the upstream client, forwarding headers, the demo upstream.
 //! - [`config`] and [`log`]: the config file and the Kong-shaped access log.
+//! - [`cores`]: the connection threads, one single-threaded runtime per core.
 //! - [`metrics`] and [`alerts`]: Prometheus metrics and rate-limited operator warnings.
 //! - [`testing`]: the offline harness behind `tollgate test`.
 
 pub mod alerts;
 pub mod config;
+pub mod cores;
 pub mod exchange;
 pub mod gateway;
 pub mod lifecycle;

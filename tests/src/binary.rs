@@ -265,6 +265,15 @@ impl Tollgate {
         self.status_bytes("RssAnon:")
     }
 
+    /// The names of the process's threads (`/proc/<pid>/task/<tid>/comm`, at most 15 bytes).
+    pub fn thread_names(&self) -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .expect("/proc task list")
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|comm| comm.trim().to_owned())
+            .collect()
+    }
+
     /// How often the process's thread named `name` has gone to sleep of its own accord
     /// (`voluntary_ctxt_switches` in `/proc/<pid>/task/<tid>/status`).
     pub fn voluntary_switches_of_thread(&self, name: &str) -> u64 {

@@ -185,6 +185,27 @@ async fn a_looping_plugin_fails_each_of_its_requests_at_its_time_limit_while_oth
     );
 }
 
+/// With one connection thread (`workers = 1`) every connection shares it with the looping calls:
+/// they yield at each epoch tick and queue for the slow lane, so the other connections on the
+/// thread are still served, and the limit still ends each looping call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_looping_plugin_on_the_only_connection_thread_leaves_the_others_served() {
+    let echo = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Tollgate::run(
+        dir.path(),
+        &config(echo, "workers = 1", "loop", "time_limit = \"100ms\""),
+    );
+    let threads = gateway.thread_names();
+    let connection_threads: Vec<_> = threads.iter().filter(|t| t.starts_with("conn-")).collect();
+    assert_eq!(
+        connection_threads,
+        ["conn-0"],
+        "workers = 1 starts one connection thread: {threads:?}"
+    );
+    time_limit_ends_bad_requests_while_others_serve(&gateway, "loops", 4, 30).await;
+}
+
 /// A sleep uses no CPU and waits in the host, where no epoch tick reaches it: only a wall-clock
 /// deadline on the call itself ends it (at its time limit plus the 500 ms wait grace), and gives
 /// its instance slot back: with 2 slots, request after request still reaches the plugin (a 500,

@@ -89,6 +89,7 @@ impl Checker<'_> {
                 "drain_timeout" => {
                     raw.drain_timeout = self.deserialize_lenient(value, "drain_timeout");
                 }
+                "workers" => raw.workers = self.deserialize_lenient(value, "workers"),
                 "admin" => {
                     raw.admin = self.deserialize_lenient(value, "admin").map(|r| (r, span));
                 }
@@ -189,6 +190,7 @@ impl Checker<'_> {
             DEFAULT_DRAIN_TIMEOUT,
             (MIN_TIMEOUT, MAX_TIMEOUT),
         );
+        let workers = self.workers(&raw.workers);
         let admin = raw
             .admin
             .as_ref()
@@ -196,6 +198,7 @@ impl Checker<'_> {
         Some(Config {
             pid_file,
             drain_timeout,
+            workers,
             admin,
             trusted_ips,
             strip_client_headers,

@@ -77,3 +77,6 @@ pub const DEFAULT_HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// TLS-terminating proxies use to pass a client certificate on, which only Tollgate's plugins
 /// may set.
 pub const DEFAULT_STRIP_CLIENT_HEADERS: [&str; 2] = ["x-client-cert*", "x-ssl-*"];
+/// The most connection threads `workers` may ask for: well past any machine a gateway runs on,
+/// low enough that a typo does not start a million threads.
+pub const MAX_WORKERS: u64 = 1024;

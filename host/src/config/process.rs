@@ -1,5 +1,5 @@
 //! The process-wide sections: `access_log`, the plugin `runtime` limits, the `admin` listener,
-//! `pid_file` and `drain_timeout`.
+//! `pid_file`, `drain_timeout` and `workers`.
 
 use super::*;
 
@@ -50,6 +50,12 @@ impl Checker<'_> {
             max_instances: u32::try_from(max_instances).unwrap_or(u32::MAX),
             memory_budget: usize::try_from(memory_budget).unwrap_or(usize::MAX),
         }
+    }
+
+    pub(super) fn workers(&mut self, raw: &Field<i64>) -> Option<usize> {
+        raw.as_ref()?;
+        let workers = self.count(raw, "workers", 1, (1, MAX_WORKERS));
+        Some(usize::try_from(workers).unwrap_or(1))
     }
 
     pub(super) fn pid_file(&mut self, raw: Option<&Spanned<String>>) -> Option<PathBuf> {

@@ -109,6 +109,7 @@ pub(super) struct RawConfig {
     pub(super) strip_client_headers: Option<Vec<Spanned<String>>>,
     pub(super) pid_file: Option<Spanned<String>>,
     pub(super) drain_timeout: Field<toml::Value>,
+    pub(super) workers: Field<i64>,
     pub(super) admin: Option<(RawAdmin, Range<usize>)>,
     pub(super) access_log: Option<(RawAccessLog, Range<usize>)>,
     pub(super) runtime: Option<RawRuntime>,
@@ -119,5 +120,5 @@ pub(super) struct RawConfig {
 }
 
 pub(super) const SECTIONS: &str = "`trusted_ips`, `strip_client_headers`, `pid_file`, \
-                        `drain_timeout`, `admin`, `access_log`, `runtime`, `listeners`, \
+                        `drain_timeout`, `workers`, `admin`, `access_log`, `runtime`, `listeners`, \
                         `services`, `routes`, `plugins`";

@@ -17,6 +17,9 @@ pub struct Config {
     /// How long in-flight requests may take to finish after a shutdown signal, and how long a
     /// listener removed by a reload keeps its connections.
     pub drain_timeout: Duration,
+    /// How many [connection threads](crate::cores) serve the listeners' connections; one per
+    /// available core when not set.
+    pub workers: Option<usize>,
     /// The admin listener (`/status`, `/metrics`, `/reload`); off when absent.
     pub admin: Option<AdminConfig>,
     /// Where access log lines go.

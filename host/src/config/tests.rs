@@ -476,8 +476,22 @@ fn unknown_section_and_nested_unknown_key() {
     assert_eq!(
         lines[1],
         "$DIR/tollgate.toml:7:2: upstreams: unknown section `upstreams`, expected one of \
-             `trusted_ips`, `strip_client_headers`, `pid_file`, `drain_timeout`, `admin`, \
-             `access_log`, `runtime`, `listeners`, `services`, `routes`, `plugins`"
+             `trusted_ips`, `strip_client_headers`, `pid_file`, `drain_timeout`, `workers`, \
+             `admin`, `access_log`, `runtime`, `listeners`, `services`, `routes`, `plugins`"
+    );
+}
+
+#[test]
+fn workers_is_a_count_of_connection_threads() {
+    let dir = fixture();
+    let unset = parse_in(dir.path(), MINIMAL_LISTENER).unwrap();
+    assert_eq!(unset.workers, None, "one per core unless set");
+    let set = parse_in(dir.path(), &format!("workers = 3\n{MINIMAL_LISTENER}")).unwrap();
+    assert_eq!(set.workers, Some(3));
+    let lines = rendered(dir.path(), &format!("workers = 0\n{MINIMAL_LISTENER}"));
+    assert_eq!(
+        lines,
+        vec!["$DIR/tollgate.toml:1:11: workers: must be between 1 and 1024"]
     );
 }
 

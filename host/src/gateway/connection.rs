@@ -22,6 +22,7 @@ use super::body::PumpedBody;
 use super::request::{EstablishedConnection, handle};
 use super::watchdog::{Expiry, GuardedIo, TrackedBody, Watchdog};
 use crate::config::ClientLimits;
+use crate::cores::Cores;
 use crate::exchange::{ConnectionFacts, Context};
 use crate::pipeline::{self, Recording};
 use crate::runtime::{LoadedPlugin, PluginError};
@@ -127,13 +128,15 @@ fn http_builder(limits: &ClientLimits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Accepts connections on `socket` until `stop`, each served on a task of `connections` with
-/// the listener settings and gateway state current when it is accepted.
+/// Accepts connections on `socket` until `stop`, each served on a task of `connections`, on the
+/// connection thread with the fewest open ones, with the listener settings and gateway state
+/// current when it is accepted.
 pub(super) async fn accept_loop(
     current: Arc<ArcSwap<Shared>>,
     socket: TcpListener,
     listener: Arc<ArcSwap<ListenerShared>>,
     connections: TaskTracker,
+    cores: Arc<Cores>,
     stop: CancellationToken,
 ) {
     let mut refused = 0u64;
@@ -181,10 +184,27 @@ pub(super) async fn accept_loop(
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        // The socket leaves this runtime's reactor for the connection thread's.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(err) => {
+                tracing::debug!(%peer, %err, "cannot hand the connection over");
+                continue;
+            }
+        };
         let current = current.clone();
         let stop = stop.clone();
-        connections.spawn(async move {
+        let (thread, placement) = cores.place();
+        let connection = async move {
+            let _placement = placement;
             let _permit = permit;
+            let tcp = match TcpStream::from_std(tcp) {
+                Ok(tcp) => tcp,
+                Err(err) => {
+                    tracing::debug!(%peer, %err, "cannot register the connection");
+                    return;
+                }
+            };
             let _open = scope.open_connections.as_ref().map(OpenConnection::new);
             match &scope.tls {
                 Some(tls) => serve_tls(current, &scope, tls, tcp, peer, &stop).await,
@@ -202,7 +222,8 @@ pub(super) async fn accept_loop(
                     serve_http(current, &scope, tcp, connection, &stop).await;
                 }
             }
-        });
+        };
+        connections.spawn_on(connection, thread);
     }
 }
 

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigProblem, ListenerConfig, Origins, Protocol};
+use crate::cores::Cores;
 use crate::log::AccessLog;
 use crate::metrics::{self, RouteMeter};
 use crate::proxy::forwarding::ClientHeaderPolicy;
@@ -52,6 +53,9 @@ pub enum GatewayError {
     /// The plugin runtime could not start.
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
+    /// The connection threads could not start.
+    #[error("cannot start the connection threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// An upstream service.
@@ -119,6 +123,8 @@ pub struct Gateway {
     /// The open-file limit the connection caps were fitted to, once
     /// [`Gateway::raise_open_file_limit`] ran; reloads fit theirs too.
     open_files: Option<u64>,
+    /// The threads that will serve the connections.
+    cores: Cores,
 }
 
 /// The problems found while preparing, each placed at its field in the config file.
@@ -455,6 +461,7 @@ impl Gateway {
             // Dropping the bound sockets here: nothing listens when anything failed.
             _ => return Err(problems.into_error()),
         };
+        let cores = Cores::start(config.workers).map_err(GatewayError::Threads)?;
         let parts = prepared.parts;
         Ok(Gateway {
             current: Arc::new(ArcSwap::from_pointee(
@@ -466,6 +473,7 @@ impl Gateway {
             runtime: runtime.clone(),
             admin,
             open_files: None,
+            cores,
         })
     }
 

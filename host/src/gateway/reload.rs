@@ -24,6 +24,7 @@ use super::{
     BoundListener, ConfigVersion, Gateway, GatewayError, Problems, Shared, bind, open_files,
 };
 use crate::config::{Config, ListenerConfig};
+use crate::cores::Cores;
 use crate::log::AccessLog;
 use crate::metrics;
 use crate::runtime::Runtime;
@@ -114,6 +115,8 @@ pub(super) struct Serving {
     runtime: Runtime,
     /// Every client connection, of every listener and generation.
     connections: TaskTracker,
+    /// The threads the connections run on.
+    cores: Arc<Cores>,
     health: Arc<Health>,
     /// Access logs of earlier generations (the target changed), flushed at shutdown.
     retired_logs: Vec<AccessLog>,
@@ -139,6 +142,7 @@ impl Serving {
             version: gateway.version,
             runtime: gateway.runtime,
             connections: TaskTracker::new(),
+            cores: Arc::new(gateway.cores),
             retired_logs: Vec::new(),
             shutdown,
             reloads,
@@ -189,6 +193,7 @@ impl Serving {
             bound.socket,
             shared.clone(),
             self.connections.clone(),
+            self.cores.clone(),
             stop.clone(),
         ));
         RunningListener {
@@ -394,6 +399,7 @@ impl Serving {
             ("runtime", running.runtime != new.runtime),
             ("admin", running.admin != new.admin),
             ("pid_file", running.pid_file != new.pid_file),
+            ("workers", running.workers != new.workers),
         ];
         for (field, _) in changed.iter().filter(|(_, changed)| *changed) {
             tracing::warn!(

@@ -67,7 +67,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long a connection may sit idle in the pool before it is discarded.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// The most idle connections kept per target; more are closed when they become idle.
+/// The most idle connections kept per target and connection thread; more are closed when they
+/// become idle.
 pub const MAX_IDLE_PER_TARGET: usize = 32;
 
 /// The body type on pooled connections: any request body, boxed.
@@ -604,7 +605,9 @@ where
     Request::from_parts(parts, body.map_err(Into::into).boxed_unsync())
 }
 
-/// Idle keep-alive connections, per target.
+/// Idle keep-alive connections, per target. Each belongs to the [connection thread](crate::cores)
+/// its task runs on, and only requests on that thread take it: a request on another would wake
+/// that thread for each of its reads and writes.
 #[derive(Default)]
 struct Pool {
     idle: Mutex<HashMap<String, Vec<IdleConnection>>>,
@@ -613,6 +616,8 @@ struct Pool {
 struct IdleConnection {
     sender: SendRequest<PoolBody>,
     since: Instant,
+    /// The connection thread its task runs on (`None` off them).
+    home: Option<usize>,
 }
 
 impl IdleConnection {
@@ -622,11 +627,14 @@ impl IdleConnection {
 }
 
 impl Pool {
-    /// The most recently idled usable connection; stale ones met on the way are dropped.
+    /// The most recently idled usable connection of this thread; stale ones met on the way are
+    /// dropped.
     fn checkout(&self, target: &str) -> Option<SendRequest<PoolBody>> {
+        let home = crate::cores::current();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.get_mut(target)?;
-        while let Some(connection) = list.pop() {
+        while let Some(at) = list.iter().rposition(|idle| idle.home == home) {
+            let connection = list.remove(at);
             if connection.usable() {
                 return Some(connection.sender);
             }
@@ -634,14 +642,18 @@ impl Pool {
         None
     }
 
+    /// Keeps `sender` for this thread's requests, up to [`MAX_IDLE_PER_TARGET`] per thread. A
+    /// connection is put back by the thread that used it, which is the one its task runs on.
     fn put(&self, target: String, sender: SendRequest<PoolBody>) {
+        let home = crate::cores::current();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.entry(target).or_default();
         list.retain(IdleConnection::usable);
-        if list.len() < MAX_IDLE_PER_TARGET {
+        if list.iter().filter(|idle| idle.home == home).count() < MAX_IDLE_PER_TARGET {
             list.push(IdleConnection {
                 sender,
                 since: Instant::now(),
+                home,
             });
         }
     }
