@@ -381,3 +381,83 @@ async fn reloads_under_load_drop_nothing_and_switch_behaviour() {
         "the pid file is removed"
     );
 }
+
+/// `workers` is fixed for the life of the process, like `[runtime]`: a reload that changes it
+/// says so at warn, applies the rest of the file (the new route answers) and keeps the
+/// connection threads it started with.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_changes_workers_warns_and_keeps_the_running_threads() {
+    let echo = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |workers: u32, path: &str| {
+        format!(
+            r#"workers = {workers}
+
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+
+[[services]]
+name = "echo"
+targets = ["{echo}"]
+
+[[routes]]
+name = "only"
+paths = ["{path}"]
+service = "echo"
+"#
+        )
+    };
+    let connection_threads = |gateway: &Tollgate| {
+        let mut threads: Vec<_> = gateway
+            .thread_names()
+            .into_iter()
+            .filter(|name| name.starts_with("conn-"))
+            .collect();
+        threads.sort();
+        threads
+    };
+    let gateway = tokio::task::block_in_place(|| Tollgate::run(dir.path(), &config(1, "/before")));
+    let http = gateway.addr("http");
+    assert_eq!(
+        plain_get(http, "localhost", "/before")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(connection_threads(&gateway), ["conn-0"]);
+
+    std::fs::write(dir.path().join("tollgate.toml"), config(3, "/after")).unwrap();
+    gateway.signal("HUP");
+    assert!(
+        tokio::task::block_in_place(|| gateway.wait_for_stderr(Duration::from_secs(30), |line| {
+            line.contains("WARN") && line.contains("workers") && line.contains("next restart")
+        })),
+        "the change to workers is reported: {:?}",
+        gateway.stderr()
+    );
+    assert!(
+        tokio::task::block_in_place(
+            || gateway.wait_for_stderr(Duration::from_secs(30), |line| line.contains(" reloaded"))
+        ),
+        "the rest of the file is applied: {:?}",
+        gateway.stderr()
+    );
+    assert_eq!(
+        plain_get(http, "localhost", "/after").await.unwrap().status,
+        200
+    );
+    assert_eq!(
+        plain_get(http, "localhost", "/before")
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+    assert_eq!(
+        connection_threads(&gateway),
+        ["conn-0"],
+        "the running threads stay until a restart"
+    );
+}
