@@ -13,9 +13,8 @@
 
 use std::cell::Cell;
 use std::io;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
@@ -38,8 +37,11 @@ pub struct Cores {
 
 struct CoreThread {
     handle: Handle,
-    /// Connections handed to this thread and not yet closed.
-    open: Arc<AtomicUsize>,
+    /// Connections handed to this thread and not yet closed: what placement goes by.
+    open: Gauge,
+    /// The same count in `tollgate_connection_thread_connections`, when metrics are on (that
+    /// family is process-wide, so it does not decide placement).
+    metric: Option<Gauge>,
     /// Dropped (or fired) to stop the thread.
     _stop: oneshot::Sender<()>,
 }
@@ -47,21 +49,25 @@ struct CoreThread {
 /// A connection's place on a thread: counted there until dropped.
 #[derive(Debug)]
 pub struct Placement {
-    open: Arc<AtomicUsize>,
+    open: Gauge,
+    metric: Option<Gauge>,
 }
 
 impl Drop for Placement {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.open.dec();
+        if let Some(metric) = &self.metric {
+            metric.dec();
+        }
     }
 }
 
 impl std::fmt::Debug for Cores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let open: Vec<usize> = self
+        let open: Vec<i64> = self
             .threads
             .iter()
-            .map(|thread| thread.open.load(Ordering::Relaxed))
+            .map(|thread| thread.open.get())
             .collect();
         f.debug_struct("Cores").field("open", &open).finish()
     }
@@ -94,11 +100,15 @@ impl Cores {
         let thread = self
             .threads
             .iter()
-            .min_by_key(|thread| thread.open.load(Ordering::Relaxed))
+            .min_by_key(|thread| thread.open.get())
             .expect("at least one connection thread");
-        thread.open.fetch_add(1, Ordering::Relaxed);
+        thread.open.inc();
+        if let Some(metric) = &thread.metric {
+            metric.inc();
+        }
         let placement = Placement {
             open: thread.open.clone(),
+            metric: thread.metric.clone(),
         };
         (&thread.handle, placement)
     }
@@ -119,7 +129,8 @@ fn start_thread(index: usize) -> io::Result<CoreThread> {
         })?;
     Ok(CoreThread {
         handle,
-        open: Arc::new(AtomicUsize::new(0)),
+        open: Gauge::default(),
+        metric: crate::metrics::get().map(|metrics| metrics.thread_connections(index)),
         _stop: stop,
     })
 }

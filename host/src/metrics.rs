@@ -73,6 +73,11 @@ struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThreadLabels {
+    thread: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -93,6 +98,7 @@ pub struct Metrics {
     instances_live: Gauge,
     instance_slots: Gauge,
     open_connections: Family<ListenerLabels, Gauge>,
+    thread_connections: Family<ThreadLabels, Gauge>,
     reloads: Family<OutcomeLabels, Counter>,
     /// Read at each scrape for the instance gauges.
     capacity: Mutex<Option<Arc<Capacity>>>,
@@ -180,6 +186,12 @@ impl Metrics {
             "Client connections open now, by listener",
             Family::clone(&open_connections),
         );
+        let thread_connections = Family::default();
+        registry.register(
+            "connection_thread_connections",
+            "Client connections open now, by connection thread (conn-N; see `workers`)",
+            Family::clone(&thread_connections),
+        );
         let reloads = Family::default();
         registry.register(
             "reloads",
@@ -198,6 +210,7 @@ impl Metrics {
             instances_live,
             instance_slots,
             open_connections,
+            thread_connections,
             reloads,
             capacity: Mutex::new(None),
         }
@@ -302,6 +315,13 @@ impl Metrics {
     pub fn open_connections(&self, listener: &str) -> Gauge {
         self.open_connections.get_or_create_owned(&ListenerLabels {
             listener: listener.to_owned(),
+        })
+    }
+
+    /// The open-connections gauge of connection thread `index`.
+    pub fn thread_connections(&self, index: usize) -> Gauge {
+        self.thread_connections.get_or_create_owned(&ThreadLabels {
+            thread: index.to_string(),
         })
     }
 

@@ -480,3 +480,64 @@ async fn admin_over_tls_requires_a_client_certificate() {
     // Plaintext is not answered either.
     assert!(plain_get(admin_addr, "localhost", "/status").await.is_err());
 }
+
+/// Each connection thread reports its open connections: connections held open spread over the
+/// `workers` threads, and the gauges add up to them.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_connection_thread_reports_its_open_connections() {
+    let echo = echo_upstream().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = format!(
+        r#"workers = 2
+
+[admin]
+address = "127.0.0.1:0"
+
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+
+[[services]]
+name = "echo"
+targets = ["{echo}"]
+
+[[routes]]
+name = "all"
+paths = ["/"]
+service = "echo"
+"#
+    );
+    let gateway = tokio::task::block_in_place(|| Tollgate::run(dir.path(), &config));
+    let (http, admin_addr) = (gateway.addr("http"), gateway.addr("admin"));
+    // Four keep-alive connections, each past one request (so each was accepted and placed).
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = tokio::net::TcpStream::connect(http).await.expect("connect");
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("write");
+        let mut head = [0u8; 12];
+        tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut head)
+            .await
+            .expect("read");
+        assert_eq!(&head, b"HTTP/1.1 200");
+        held.push(tcp);
+    }
+    let (status, text) = admin(admin_addr, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    let samples = parse_exposition(&text);
+    let per_thread = |thread: &str| {
+        value(
+            &samples,
+            "tollgate_connection_thread_connections",
+            &[("thread", thread)],
+        )
+    };
+    assert_eq!(
+        (per_thread("0"), per_thread("1")),
+        (2.0, 2.0),
+        "four connections over two threads: {text}"
+    );
+    drop(held);
+    gateway.signal("TERM");
+}
