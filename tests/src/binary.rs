@@ -24,6 +24,28 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The smallest config that forwards: `head` (top-level settings, sections), a plaintext
+/// listener `http`, the service `echo` at `echo`, and one route of `path` to it.
+pub fn echo_route_config(head: &str, echo: SocketAddr, path: &str) -> String {
+    format!(
+        r#"{head}
+
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+
+[[services]]
+name = "echo"
+targets = ["{echo}"]
+
+[[routes]]
+name = "echo"
+paths = ["{path}"]
+service = "echo"
+"#
+    )
+}
+
 /// The release binary next to this test executable (`<target>/release/tollgate`), so the tests
 /// find it wherever cargo put it, `CARGO_TARGET_DIR` included.
 pub fn tollgate_binary() -> PathBuf {

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tollgate_tests::binary::Tollgate;
+use tollgate_tests::binary::{Tollgate, echo_route_config};
 use tollgate_tests::clients::{curl, parse_response, plain_get};
 use tollgate_tests::echo_upstream;
 use tollgate_tests::{TestPki, guests};
@@ -487,26 +487,8 @@ async fn admin_over_tls_requires_a_client_certificate() {
 async fn each_connection_thread_reports_its_open_connections() {
     let echo = echo_upstream().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = format!(
-        r#"workers = 2
-
-[admin]
-address = "127.0.0.1:0"
-
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-
-[[services]]
-name = "echo"
-targets = ["{echo}"]
-
-[[routes]]
-name = "all"
-paths = ["/"]
-service = "echo"
-"#
-    );
+    let head = "workers = 2\n\n[admin]\naddress = \"127.0.0.1:0\"";
+    let config = echo_route_config(head, echo, "/");
     let gateway = tokio::task::block_in_place(|| Tollgate::run(dir.path(), &config));
     let (http, admin_addr) = (gateway.addr("http"), gateway.addr("admin"));
     // Four keep-alive connections, each past one request (so each was accepted and placed).

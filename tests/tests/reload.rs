@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use tollgate_tests::binary::{Tollgate, tollgate_binary};
+use tollgate_tests::binary::{Tollgate, echo_route_config, tollgate_binary};
 use tollgate_tests::clients::{plain_get, s_client};
 use tollgate_tests::echo_upstream;
 use tollgate_tests::{TestPki, guests};
@@ -389,25 +389,8 @@ async fn reloads_under_load_drop_nothing_and_switch_behaviour() {
 async fn a_reload_that_changes_workers_warns_and_keeps_the_running_threads() {
     let echo = echo_upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = |workers: u32, path: &str| {
-        format!(
-            r#"workers = {workers}
-
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-
-[[services]]
-name = "echo"
-targets = ["{echo}"]
-
-[[routes]]
-name = "only"
-paths = ["{path}"]
-service = "echo"
-"#
-        )
-    };
+    let config =
+        |workers: u32, path: &str| echo_route_config(&format!("workers = {workers}"), echo, path);
     let connection_threads = |gateway: &Tollgate| {
         let mut threads: Vec<_> = gateway
             .thread_names()

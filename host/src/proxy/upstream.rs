@@ -621,8 +621,9 @@ struct IdleConnection {
 }
 
 impl IdleConnection {
-    fn usable(&self) -> bool {
-        self.since.elapsed() < IDLE_TIMEOUT && self.sender.is_ready()
+    /// Whether it can still take a request at `now` (one clock read serves a whole list).
+    fn usable_at(&self, now: Instant) -> bool {
+        now.duration_since(self.since) < IDLE_TIMEOUT && self.sender.is_ready()
     }
 }
 
@@ -631,11 +632,12 @@ impl Pool {
     /// dropped.
     fn checkout(&self, target: &str) -> Option<SendRequest<PoolBody>> {
         let home = crate::cores::current();
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.get_mut(target)?;
         while let Some(at) = list.iter().rposition(|idle| idle.home == home) {
             let connection = list.remove(at);
-            if connection.usable() {
+            if connection.usable_at(now) {
                 return Some(connection.sender);
             }
         }
@@ -646,13 +648,14 @@ impl Pool {
     /// connection is put back by the thread that used it, which is the one its task runs on.
     fn put(&self, target: String, sender: SendRequest<PoolBody>) {
         let home = crate::cores::current();
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.entry(target).or_default();
-        list.retain(IdleConnection::usable);
+        list.retain(|idle| idle.usable_at(now));
         if list.iter().filter(|idle| idle.home == home).count() < MAX_IDLE_PER_TARGET {
             list.push(IdleConnection {
                 sender,
-                since: Instant::now(),
+                since: now,
                 home,
             });
         }
