@@ -155,6 +155,8 @@ pub fn build_engine(max_instances: u32) -> wasmtime::Result<Engine> {
         // decommitted when pagemap_scan is on (wasmtime PR #14357), so the next instance in the
         // slot could read an earlier request's data. Without it, the kept-resident bytes are
         // reset by copy and the rest by madvise: never stale, whatever the host's swap does.
+        // wasmtime 50 resets swapped dirty pages and scans past 32 regions, so it can be on
+        // there; wasmtime 50 needs rustc 1.97, and this project's toolchain is 1.95.
         .pagemap_scan(Enabled::No);
 
     let mut config = Config::new();
